@@ -1,0 +1,170 @@
+"""Typed, validated views of `params.yaml` sections.
+
+Each stage turns its section into a frozen dataclass at its edge. Library code only ever sees
+these objects. Validation is strict on purpose: a typo in `params.yaml` (an unknown key, a
+string where a number belongs, a fraction above 1) must stop the stage with one line naming
+the key, not train a different model than the user asked for.
+
+Bounds and choices live in field metadata:
+
+    lr: float = field(default=1e-3, metadata=spec(gt=0))
+    source: str = field(default="demo", metadata=spec(choices=("demo", "folder", "inat")))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params section is invalid; the message names the offending key."""
+
+
+def spec(
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> dict[str, Any]:
+    """Field metadata describing the allowed values of a config field."""
+    return {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
+    """Validate `params[name]` against dataclass `cls` and return the frozen config."""
+    raw = params.get(name, {})
+    if raw is None:
+        raw = {}
+    return from_dict(cls, raw, prefix=name)
+
+
+def from_dict(cls: type[T], raw: Any, *, prefix: str) -> T:
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{prefix}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ParamsError(f"{key}: required key is missing")
+            continue
+        values[name] = _check(_coerce(raw[name], hints[name], key), f.metadata, key)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(errors[0] if len(errors) == 1 else f"{key}: expected {_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, prefix=key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported config type {tp!r}")  # a bug in a config class
+
+
+def _check(value: Any, meta: Mapping[str, Any], key: str) -> Any:
+    if value is None or not meta:
+        return value
+    items = value if isinstance(value, tuple) else (value,)
+    for v in items:
+        choices = meta.get("choices")
+        if choices is not None and v not in choices:
+            raise ParamsError(f"{key}: {v!r} is not one of {', '.join(map(str, choices))}")
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            for op, bound, ok in (
+                ("≥", meta.get("ge"), lambda x, b: x >= b),
+                (">", meta.get("gt"), lambda x, b: x > b),
+                ("≤", meta.get("le"), lambda x, b: x <= b),
+                ("<", meta.get("lt"), lambda x, b: x < b),
+            ):
+                if bound is not None and not ok(v, bound):
+                    raise ParamsError(f"{key}: {v!r} is out of range (must be {op} {bound})")
+    return value
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form of a config, for provenance in checkpoints and metrics."""
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `base` section: settings every stage shares.
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    seed: int = 42
+    species_file: str = "data/taxa.yaml"
+    image_size: int = dataclasses.field(default=224, metadata=spec(ge=32, le=1024))
+    backbone: str = dataclasses.field(
+        default="efficientnet_lite0",
+        metadata=spec(choices=("efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0")),
+    )
+    device: str = dataclasses.field(default="auto", metadata=spec(choices=("auto", "cpu", "cuda", "mps")))
+    deterministic: bool = True
+    threads: int = dataclasses.field(default=0, metadata=spec(ge=0))  # 0 = torch's default
+
+
+def base_config(params: Mapping[str, Any]) -> BaseConfig:
+    return section(params, "base", BaseConfig)

@@ -1,0 +1,114 @@
+"""Image preprocessing and the split Dataset, defined once.
+
+Training, evaluation, quantization calibration, the ONNX parity check and (through
+`model_meta.json`) serving all use these transforms. Serving must not import torch, so the eval
+policy is also described as plain data by `eval_preprocess_spec`, and `snakeid.preprocess`
+implements that spec in numpy; a test checks the two agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+from snakeid.config import spec
+from snakeid.manifest import read_manifest
+from snakeid.taxa import Species
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CROP_RATIO = 0.875  # eval: resize the shorter side to size / 0.875, then centre-crop `size`
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    batch_size: int = field(default=32, metadata=spec(ge=1))
+    workers: int = field(default=0, metadata=spec(ge=0))
+    sampler: str = field(default="none", metadata=spec(choices=("none", "balanced")))
+    views: int = field(default=4, metadata=spec(ge=1, le=64))
+
+
+def eval_resize(size: int) -> int:
+    return round(size / CROP_RATIO)
+
+
+def eval_preprocess_spec(size: int) -> dict[str, Any]:
+    """The eval transform as data, for `model_meta.json` (serving reads only this)."""
+    return {
+        "exif_transpose": True,
+        "color": "RGB",
+        "resize_shorter": eval_resize(size),
+        "interpolation": "bilinear",
+        "antialias": True,
+        "crop": size,
+        "crop_policy": "center",
+        "scale": 1 / 255,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "layout": "NCHW",
+    }
+
+
+def _to_tensor() -> list[T.Transform]:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(size: int) -> T.Compose:
+    """Augmentation for training views: random crop/scale, flip, mild colour jitter."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            *_to_tensor(),
+        ]
+    )
+
+
+def eval_transform(size: int) -> T.Compose:
+    """Deterministic eval preprocessing: resize shorter side, centre crop, normalise."""
+    return T.Compose(
+        [
+            T.Resize(eval_resize(size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(size),
+            *_to_tensor(),
+        ]
+    )
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image the way every consumer does: EXIF orientation applied, RGB."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+class SplitDataset(Dataset):
+    """Photos of one split manifest (`data/split/<split>.csv`), labelled by species order."""
+
+    def __init__(self, rows: Sequence[dict[str, str]], species: Sequence[Species], transform: Any):
+        index = {s.name: i for i, s in enumerate(species)}
+        unknown = sorted({r["taxon"] for r in rows} - set(index))
+        if unknown:
+            raise ValueError(f"manifest has species not in the species file: {', '.join(unknown)}")
+        self.rows = list(rows)
+        self.paths = [r["path"] for r in self.rows]
+        self.labels = [index[r["taxon"]] for r in self.rows]
+        self.transform = transform
+
+    @classmethod
+    def from_csv(cls, path: str | Path, species: Sequence[Species], transform: Any) -> SplitDataset:
+        return cls(read_manifest(path), species, transform)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.paths[i])), self.labels[i]

@@ -1,0 +1,66 @@
+"""The species list: one committed YAML file, the single source of class names and venom status."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Species:
+    name: str  # current scientific name, e.g. "Naja kaouthia"
+    common: str
+    venomous: bool  # medically important venom
+    inat_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SpeciesFileError(ValueError):
+    pass
+
+
+def normalise_name(name: str) -> str:
+    """Key used to match folder names and labels: `naja_KAOUTHIA ` -> `naja kaouthia`."""
+    return re.sub(r"[\s_]+", " ", name.strip()).lower()
+
+
+def load_species(path: str | Path) -> list[Species]:
+    """Read and validate the species file; order is the model's class order."""
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, list) or not raw:
+        raise SpeciesFileError(f"{path}: expected a non-empty list of species")
+    species, seen = [], set()
+    for i, item in enumerate(raw):
+        where = f"{path}: entry {i + 1}"
+        if not isinstance(item, dict):
+            raise SpeciesFileError(f"{where}: expected a mapping with name, common, venomous")
+        unknown = set(item) - {"name", "common", "venomous", "inat_id"}
+        if unknown:
+            raise SpeciesFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        name, common, venomous = item.get("name"), item.get("common"), item.get("venomous")
+        if not isinstance(name, str) or len(name.split()) < 2:
+            raise SpeciesFileError(f"{where}: 'name' must be a binomial scientific name, got {name!r}")
+        if not isinstance(common, str) or not common.strip():
+            raise SpeciesFileError(f"{where} ({name}): 'common' must be a non-empty string")
+        if not isinstance(venomous, bool):
+            raise SpeciesFileError(f"{where} ({name}): 'venomous' must be true or false")
+        inat_id = item.get("inat_id")
+        if inat_id is not None and (isinstance(inat_id, bool) or not isinstance(inat_id, int)):
+            raise SpeciesFileError(f"{where} ({name}): 'inat_id' must be an integer")
+        key = normalise_name(name)
+        if key in seen:
+            raise SpeciesFileError(f"{where}: {name!r} is listed twice")
+        seen.add(key)
+        species.append(Species(" ".join(name.split()), common.strip(), venomous, inat_id))
+    return species
+
+
+def index_by_name(species: list[Species]) -> dict[str, Species]:
+    return {normalise_name(s.name): s for s in species}
