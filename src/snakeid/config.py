@@ -90,7 +90,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ParamsError as e:
                 errors.append(str(e))
-        raise ParamsError(errors[0] if len(errors) == 1 else f"{key}: expected {_name(tp)}, got {value!r}")
+        raise ParamsError(
+            errors[0] if len(errors) == 1 else f"{key}: expected {_name(tp)}, got {value!r}"
+        )
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{key}: expected a list, got {value!r}")
@@ -161,7 +163,9 @@ class BaseConfig:
         default="efficientnet_lite0",
         metadata=spec(choices=("efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0")),
     )
-    device: str = dataclasses.field(default="auto", metadata=spec(choices=("auto", "cpu", "cuda", "mps")))
+    device: str = dataclasses.field(
+        default="auto", metadata=spec(choices=("auto", "cpu", "cuda", "mps"))
+    )
     deterministic: bool = True
     threads: int = dataclasses.field(default=0, metadata=spec(ge=0))  # 0 = torch's default
 

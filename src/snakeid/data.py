@@ -57,7 +57,11 @@ def eval_preprocess_spec(size: int) -> dict[str, Any]:
 
 
 def _to_tensor() -> list[T.Transform]:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
 
 
 def train_transform(size: int) -> T.Compose:

@@ -96,3 +96,24 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write a list of flat dicts (same keys) as CSV; floats rounded for readable diffs."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def set_threads(n: int) -> None:
+    """Torch intra-op threads (0 keeps torch's default: one per core)."""
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)

@@ -1,0 +1,201 @@
+"""Test-split evaluation: headline metrics with intervals, per species, and error-analysis files."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from snakeid.config import spec
+from snakeid.data import SplitDataset, eval_transform
+from snakeid.metrics import bootstrap_intervals, classification_report
+from snakeid.taxa import Species
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap: int = field(default=1000, metadata=spec(ge=100))
+    ece_bins: int = field(default=15, metadata=spec(ge=2))
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    rows: list[dict[str, str]]  # the test photos evaluated
+    probs: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    rows: Sequence[dict[str, str]],
+    species: Sequence[Species],
+    image_size: int,
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Softmax probabilities (N, C) of `model` on `rows` through the shared eval transform."""
+    ds = SplitDataset(rows, species, eval_transform(image_size))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    model.eval().to(device)
+    out = [
+        model(x.to(device)).float().softmax(1).cpu().numpy()
+        for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
+
+
+def evaluate(
+    predict: Callable[[list[dict[str, str]]], np.ndarray],
+    test_rows: Sequence[dict[str, str]],
+    train_rows: Sequence[dict[str, str]],
+    species: Sequence[Species],
+    cfg: EvaluateConfig,
+    *,
+    seed: int,
+) -> Evaluation:
+    """Metrics of `predict` (rows → probabilities) on the test photos of trained species.
+
+    Test photos of a species with no training photos cannot be right: they are excluded and
+    counted. Macro averages run over every species with test photos, predicted or not.
+    """
+    index = {s.name: i for i, s in enumerate(species)}
+    kept, excluded = evaluable(test_rows, train_rows)
+    if excluded:
+        _logger.warning(
+            "excluded %d test photos of species absent from training: %s",
+            sum(excluded.values()),
+            dict(excluded),
+        )
+    if not kept:
+        raise ValueError("no test photos of trained species: nothing to evaluate")
+    y = np.array([index[r["taxon"]] for r in kept])
+    probs = predict(kept)
+    labels = sorted(set(y.tolist()))
+    report = classification_report(y, probs, species, labels, ece_bins=cfg.ece_bins)
+    intervals = bootstrap_intervals(y, probs.argmax(1), labels, resamples=cfg.bootstrap, seed=seed)
+    per_species = report.pop("per_species")
+    n_test = report.pop("n")
+    metrics = {
+        **report,
+        **intervals,
+        "n_test": n_test,
+        "n_excluded_untrained_species": sum(excluded.values()),
+        "excluded_untrained_species": dict(sorted(excluded.items())),
+        "species_without_test_photos": [s.name for s in species if index[s.name] not in labels],
+        "bootstrap_resamples": cfg.bootstrap,
+        "per_species": per_species,
+    }
+    return Evaluation(metrics, kept, probs, y)
+
+
+def evaluable(
+    test_rows: Sequence[dict[str, str]], train_rows: Sequence[dict[str, str]]
+) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Test rows of species seen in training, and the count of the others per species."""
+    trained = {r["taxon"] for r in train_rows}
+    kept = [r for r in test_rows if r["taxon"] in trained]
+    return kept, Counter(r["taxon"] for r in test_rows if r["taxon"] not in trained)
+
+
+def prediction_rows(ev: Evaluation, species: Sequence[Species], k: int = 3) -> list[dict[str, Any]]:
+    """One row per test photo: truth, prediction and the top-k with probabilities."""
+    out = []
+    for row, p, y in zip(ev.rows, ev.probs, ev.labels, strict=True):
+        top = np.argsort(-p)[:k]
+        rec: dict[str, Any] = {
+            "path": row["path"],
+            "photo_id": row["photo_id"],
+            "observation_id": row["observation_id"],
+            "actual": species[y].name,
+            "predicted": species[top[0]].name,
+            "correct": int(top[0] == y),
+            "actual_venomous": int(species[y].venomous),
+            "predicted_venomous": int(species[top[0]].venomous),
+        }
+        for j, c in enumerate(top, 1):
+            rec[f"top{j}"] = species[c].name
+            rec[f"top{j}_prob"] = round(float(p[c]), 6)
+        out.append(rec)
+    return out
+
+
+def plot_confusion(ev: Evaluation, species: Sequence[Species], path: Path) -> None:
+    """Row-normalised confusion matrix; venomous species' labels in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = sorted(set(ev.labels.tolist()) | set(ev.probs.argmax(1).tolist()))
+    pos = {c: i for i, c in enumerate(present)}
+    cm = np.zeros((len(present), len(present)))
+    for t, p in zip(ev.labels, ev.probs.argmax(1), strict=True):
+        cm[pos[t], pos[p]] += 1
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    names = [species[c].name for c in present]
+    size = max(6.0, 0.45 * len(present) + 3)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for lab in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+        if species[present[names.index(lab.get_text())]].venomous:
+            lab.set_color("firebrick")
+    for i in range(len(present)):
+        for j in range(len(present)):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual (row-normalised; venomous species in red)")
+    ax.set_title(f"Test confusion matrix (n={len(ev.labels)})")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_species_f1(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = metrics["per_species"]
+    names = sorted(per, key=lambda n: per[n]["f1"])
+    f1 = [per[n]["f1"] for n in names]
+    colors = ["firebrick" if per[n]["venomous"] else "steelblue" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    ax.barh(range(len(names)), f1, color=colors)
+    ax.set_yticks(range(len(names)), [f"{n} (n={per[n]['support']})" for n in names], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.axvline(
+        metrics["macro_f1"], color="k", ls="--", lw=1, label=f"macro-F1 {metrics['macro_f1']:.2f}"
+    )
+    ax.set_xlabel("F1 on the test split (red: venomous)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

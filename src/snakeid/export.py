@@ -1,0 +1,127 @@
+"""ONNX export with a parity check, and `model_meta.json`, the model's whole serving interface."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from snakeid import __version__
+from snakeid.config import spec
+from snakeid.data import SplitDataset, eval_transform
+from snakeid.stage import UserError
+from snakeid.taxa import Species
+from snakeid.utils import sha256_json
+
+_logger = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+META_FORMAT = "snakeid-model/1"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = field(default=17, metadata=spec(ge=13, le=21))
+    max_abs_diff: float = field(default=1e-3, metadata=spec(gt=0.0))
+    min_agreement: float = field(default=1.0, metadata=spec(ge=0.0, le=1.0))
+    parity_images: int = field(default=64, metadata=spec(ge=1))
+    low_confidence_threshold: float = field(default=0.5, metadata=spec(ge=0.0, le=1.0))
+
+
+def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int) -> None:
+    """TorchScript-based export (dynamo=False): NCHW float32 `input` → `logits`, dynamic batch."""
+    import onnx
+
+    model = model.eval().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        do_constant_folding=True,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def ort_session(path: Path, threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def eval_batches(
+    rows: Sequence[dict[str, str]],
+    species: Sequence[Species],
+    image_size: int,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """The shared eval transform applied to `rows`, as float32 NCHW numpy batches."""
+    ds = SplitDataset(rows, species, eval_transform(image_size))
+    out, batch = [], []
+    for i in range(len(ds)):
+        batch.append(ds[i][0].numpy())
+        if len(batch) == batch_size or i == len(ds) - 1:
+            out.append(np.stack(batch))
+            batch = []
+    return out
+
+
+def parity(model: torch.nn.Module, session: Any, batches: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Max |logit difference| and top-1 agreement of ONNX Runtime vs PyTorch on the same inputs."""
+    diffs, agree, n = [], 0, 0
+    model.eval()
+    for x in batches:
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        diffs.append(float(np.abs(ref - got).max()))
+        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        n += len(x)
+    return {"parity_images": n, "max_abs_logit_diff": max(diffs), "top1_agreement": agree / n}
+
+
+def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
+    if (
+        result["top1_agreement"] < cfg.min_agreement
+        or result["max_abs_logit_diff"] > cfg.max_abs_diff
+    ):
+        raise UserError(
+            f"ONNX export does not match PyTorch: top-1 agreement {result['top1_agreement']:.4f} "
+            f"(need ≥ {cfg.min_agreement}), max |logit diff| {result['max_abs_logit_diff']:.2e} "
+            f"(need ≤ {cfg.max_abs_diff})"
+        )
+
+
+def model_meta(ckpt: dict[str, Any], cfg: ExportConfig) -> dict[str, Any]:
+    """Everything an application needs to use the exported model without this repository."""
+    return {
+        "format": META_FORMAT,
+        "species": [
+            {"name": s["name"], "common": s["common"], "venomous": s["venomous"]}
+            for s in ckpt["species"]
+        ],
+        "preprocess": ckpt["preprocess"],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "output": "logits (apply softmax for probabilities)",
+        "backbone": ckpt["backbone"],
+        "image_size": ckpt["image_size"],
+        "params_digest": sha256_json(ckpt["params"]),
+        "created_by": f"snakeid {__version__}",
+        "decision": {"low_confidence_threshold": cfg.low_confidence_threshold},
+    }

@@ -1,0 +1,449 @@
+"""Two-stage transfer learning on cached frozen features.
+
+Both stages train only the tail of the network: `train_head` the classifier on a frozen backbone,
+`finetune` the last `unfreeze_blocks` feature blocks plus the classifier. Everything below the
+trainable tail is frozen, so its output for a given image and augmentation is fixed: we compute
+it once per image and augmentation view (`data.views` views, float16, memory-mapped in a temp
+dir) and train the tail on those features. That removes the backbone forward from every epoch
+(the original study's loop) and makes "frozen means frozen" structural: the frozen prefix runs
+only in eval mode under `torch.inference_mode`, so neither its weights nor its BatchNorm
+running statistics can move.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from snakeid.config import BaseConfig, base_config, section, spec, to_dict
+from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
+from snakeid.metrics import balanced_accuracy, macro_f1
+from snakeid.models import SnakeNet
+from snakeid.stage import UserError
+from snakeid.taxa import Species, load_species
+from snakeid.utils import resolve_device, seed_everything, set_threads, worker_seed
+
+_logger = logging.getLogger(__name__)
+
+METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    class_weighting: str = field(
+        default="none",
+        metadata=spec(choices=("none", "inverse", "sqrt_inverse", "effective_number")),
+    )
+    beta: float = field(default=0.999, metadata=spec(gt=0.0, lt=1.0))  # effective_number only
+    label_smoothing: float = field(default=0.0, metadata=spec(ge=0.0, lt=1.0))
+    force: bool = False  # allow a balanced sampler together with class weights
+
+
+@dataclass(frozen=True)
+class TrainHeadConfig:
+    epochs: int = field(default=10, metadata=spec(ge=1))
+    lr: float = field(default=1e-3, metadata=spec(gt=0.0))
+    weight_decay: float = field(default=0.01, metadata=spec(ge=0.0))
+    select_metric: str = field(default="macro_f1", metadata=spec(choices=METRICS))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int | None = field(default=None, metadata=spec(ge=1))  # None: max(2, head epochs // 2)
+    unfreeze_blocks: int = field(default=1, metadata=spec(ge=0))
+    lr_scale: float = field(default=0.5, metadata=spec(gt=0.0))
+    weight_decay: float = field(default=0.01, metadata=spec(ge=0.0))
+    select_metric: str = field(default="macro_f1", metadata=spec(choices=METRICS))
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """What one training run does, independent of which stage asked for it."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    select_metric: str
+    batch_size: int
+    sampler: str
+    loss: LossConfig
+    seed: int
+
+
+def check_imbalance_options(data: DataConfig, loss: LossConfig) -> None:
+    if data.sampler == "balanced" and loss.class_weighting != "none" and not loss.force:
+        raise UserError(
+            "data.sampler: balanced together with loss.class_weighting: "
+            f"{loss.class_weighting} over-corrects the imbalance; pick one "
+            "(or set loss.force: true)"
+        )
+
+
+def class_weights(counts: np.ndarray, cfg: LossConfig) -> torch.Tensor | None:
+    """Per-class loss weights, normalised to mean 1 over classes present in training."""
+    if cfg.class_weighting == "none":
+        return None
+    n = np.maximum(counts.astype(np.float64), 1.0)
+    if cfg.class_weighting == "inverse":
+        w = 1.0 / n
+    elif cfg.class_weighting == "sqrt_inverse":
+        w = 1.0 / np.sqrt(n)
+    else:  # effective number of samples (Cui et al., 2019)
+        w = (1.0 - cfg.beta) / (1.0 - np.power(cfg.beta, n))
+    present = counts > 0
+    w = np.where(present, w, 0.0)
+    w = w / w[present].mean()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature cache
+
+
+class FeatureCache:
+    """Frozen-prefix outputs: `views` augmented views × N images, float16, memory-mapped."""
+
+    def __init__(self, directory: Path, name: str):
+        self.path = directory / f"{name}.npy"
+        self.array: np.ndarray | None = None
+
+    def fill(
+        self,
+        prefix: nn.Module,
+        dataset: Dataset,
+        *,
+        views: int,
+        batch_size: int,
+        workers: int,
+        seed: int,
+        device: str,
+        desc: str,
+    ) -> None:
+        prefix.eval()
+        n = len(dataset)
+        offset = 0
+        started = time.perf_counter()
+        with tqdm(total=views * n, desc=desc, unit="img", leave=False, mininterval=2) as bar:
+            for v in range(views):
+                # A fixed generator per view: the same seed gives the same augmentations.
+                g = torch.Generator().manual_seed(seed * 1000 + v)
+                torch.manual_seed(seed * 1000 + v)  # transforms in the main process (workers=0)
+                loader = DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    generator=g,
+                    worker_init_fn=worker_seed,
+                )
+                offset = 0
+                for x, _ in loader:
+                    with torch.inference_mode():
+                        x = x.to(device).contiguous(memory_format=torch.channels_last)
+                        y = prefix(x).float().cpu().numpy().astype(np.float16)  # (B, ...)
+                    if self.array is None:
+                        self.array = np.lib.format.open_memmap(
+                            self.path, mode="w+", dtype=np.float16, shape=(views, n, *y.shape[1:])
+                        )
+                    self.array[v, offset : offset + len(y)] = y
+                    offset += len(y)
+                    bar.update(len(y))
+                    bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - started):.1f}")
+        self.seconds = time.perf_counter() - started
+        self.images_per_s = views * n / self.seconds if self.seconds else float("nan")
+        _logger.info(
+            "%s: %d × %d views in %.1fs (%.1f img/s)",
+            desc,
+            n,
+            views,
+            self.seconds,
+            self.images_per_s,
+        )
+
+    def batch(self, view: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        assert self.array is not None
+        return torch.from_numpy(np.ascontiguousarray(self.array[view, idx])).float()
+
+    @property
+    def views(self) -> int:
+        return 0 if self.array is None else self.array.shape[0]
+
+    def __len__(self) -> int:
+        return 0 if self.array is None else self.array.shape[1]
+
+
+def cache_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="snakeid-features-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training the tail
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best: dict[str, float]
+    state_dict: dict[str, torch.Tensor]
+
+
+def fit_tail(
+    model: SnakeNet,
+    tail: nn.Module,
+    params: Sequence[nn.Parameter],
+    train: FeatureCache,
+    train_labels: np.ndarray,
+    val: FeatureCache,
+    val_labels: np.ndarray,
+    labels: Sequence[int],
+    spec_: FitSpec,
+    *,
+    device: str,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train `tail` (the modules owning `params`) on cached features; keep the best epoch.
+
+    Each epoch visits every training image once, in a seeded order, through one of its cached
+    augmentation views chosen at random.
+    """
+    n_classes = model.classifier.out_features
+    rng = np.random.default_rng(spec_.seed)
+    counts = np.bincount(train_labels, minlength=n_classes)
+    weights = class_weights(counts, spec_.loss)
+    criterion = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device),
+        label_smoothing=spec_.loss.label_smoothing,
+    )
+    optimizer = torch.optim.AdamW(params, lr=spec_.lr, weight_decay=spec_.weight_decay)
+    n = len(train)
+    if spec_.sampler == "balanced":
+        # each image drawn with probability ∝ 1 / its class count: classes equally likely
+        p = 1.0 / counts[train_labels]
+        p = p / p.sum()
+    history, best, best_epoch, best_state = [], -math.inf, 0, None
+    y_all = torch.from_numpy(train_labels).long()
+    for epoch in range(1, spec_.epochs + 1):
+        started = time.perf_counter()
+        tail.train()
+        order = rng.choice(n, n, p=p) if spec_.sampler == "balanced" else rng.permutation(n)
+        view = rng.integers(0, train.views, n)
+        total_loss, correct = 0.0, 0
+        for i in range(0, n, spec_.batch_size):
+            idx = order[i : i + spec_.batch_size]
+            x = train.batch(view[i : i + spec_.batch_size], idx).to(device)
+            y = y_all[idx].to(device)
+            logits = tail(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+        seconds = time.perf_counter() - started
+        val_loss, val_probs = predict_cached(tail, val, device=device, labels=val_labels)
+        val_pred = val_probs.argmax(1)
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / n,
+            "train_accuracy": correct / n,
+            "val_loss": val_loss,
+            "val_accuracy": float((val_pred == val_labels).mean()),
+            "val_macro_f1": macro_f1(val_labels, val_pred, labels),
+            "val_balanced_accuracy": balanced_accuracy(val_labels, val_pred, labels),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": n / seconds,
+        }
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        score = row[f"val_{spec_.select_metric}"]
+        if score > best:  # strict: ties keep the earlier (cheaper, less fitted) epoch
+            best, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    assert best_state is not None
+    best_row = history[best_epoch - 1]
+    return FitResult(history, best_epoch, best_row, best_state)
+
+
+@torch.no_grad()
+def predict_cached(
+    tail: nn.Module, cache: FeatureCache, *, device: str, labels: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy (if labels given) and softmax probabilities over view 0 of a cache."""
+    tail.eval()
+    probs, loss_sum = [], 0.0
+    n = len(cache)
+    for i in range(0, n, 256):
+        idx = np.arange(i, min(n, i + 256))
+        logits = tail(cache.batch(np.zeros(len(idx), dtype=int), idx).to(device)).float()
+        if labels is not None:
+            y = torch.from_numpy(labels[idx]).long().to(device)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        probs.append(logits.softmax(1).cpu().numpy())
+    return loss_sum / max(n, 1), np.concatenate(probs)
+
+
+def freeze_all_but(model: SnakeNet, trainable: Sequence[nn.Parameter]) -> None:
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two stages
+
+
+@dataclass
+class StageResult:
+    model: SnakeNet
+    fit: FitResult
+    metrics: dict[str, Any]
+
+
+def _split_data(split_dir: Path, species: Sequence[Species], image_size: int) -> tuple[Any, Any]:
+    train = SplitDataset.from_csv(split_dir / "train.csv", species, train_transform(image_size))
+    val = SplitDataset.from_csv(split_dir / "val.csv", species, eval_transform(image_size))
+    if len(train) == 0 or len(val) == 0:
+        raise UserError(f"{split_dir}: the train and val splits must both hold photos")
+    return train, val
+
+
+def train_tail(
+    model: SnakeNet,
+    unfreeze_blocks: int,
+    *,
+    split_dir: Path,
+    species: Sequence[Species],
+    base: BaseConfig,
+    data: DataConfig,
+    fit: FitSpec,
+    stage: str,
+) -> StageResult:
+    """Cache frozen-prefix features of the split, train the tail, return the best model."""
+    check_imbalance_options(data, fit.loss)
+    device = resolve_device(base.device)
+    model.to(device).to(memory_format=torch.channels_last)
+    train_ds, val_ds = _split_data(split_dir, species, base.image_size)
+    prefix, tail = model.split(unfreeze_blocks)
+    params = model.trainable_parameters(unfreeze_blocks)
+    freeze_all_but(model, params)
+    train_y, val_y = np.array(train_ds.labels), np.array(val_ds.labels)
+    labels = np.unique(val_y)
+    with cache_dir() as tmp:
+        train_cache, val_cache = FeatureCache(Path(tmp), "train"), FeatureCache(Path(tmp), "val")
+        common = dict(batch_size=data.batch_size, workers=data.workers, device=device)
+        train_cache.fill(
+            prefix,
+            train_ds,
+            views=data.views,
+            seed=base.seed,
+            desc=f"{stage}: train features",
+            **common,
+        )
+        val_cache.fill(
+            prefix, val_ds, views=1, seed=base.seed, desc=f"{stage}: val features", **common
+        )
+        bar = tqdm(total=fit.epochs, desc=f"{stage}: epochs", unit="epoch")
+
+        def progress(row: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                val_f1=f"{row['val_macro_f1']:.3f}",
+                img_s=f"{row['images_per_s']:.0f}",
+            )
+
+        result = fit_tail(
+            model,
+            tail,
+            params,
+            train_cache,
+            train_y,
+            val_cache,
+            val_y,
+            labels,
+            fit,
+            device=device,
+            on_epoch=progress,
+        )
+        bar.close()
+        extract_s = train_cache.seconds + val_cache.seconds
+    model.load_state_dict(result.state_dict)
+    model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    train_s = sum(r["seconds"] for r in result.history)
+    _logger.info(
+        "%s: best epoch %d, val %s %.4f",
+        stage,
+        result.best_epoch,
+        fit.select_metric,
+        result.best[f"val_{fit.select_metric}"],
+    )
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs": fit.epochs,
+        "select_metric": fit.select_metric,
+        "val_accuracy": result.best["val_accuracy"],
+        "val_macro_f1": result.best["val_macro_f1"],
+        "val_balanced_accuracy": result.best["val_balanced_accuracy"],
+        "val_loss": result.best["val_loss"],
+        "train_loss": result.best["train_loss"],
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+        "views": data.views,
+        "unfreeze_blocks": unfreeze_blocks,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "backbone": base.backbone,
+        "image_size": base.image_size,
+        "device": device,
+    }
+    # Timings go to the log and the per-epoch CSV, not the metrics: `dvc repro --force` twice
+    # must give identical metrics files.
+    _logger.info(
+        "%s: features %.1fs (%.1f img/s), training %.1fs",
+        stage,
+        extract_s,
+        train_cache.images_per_s,
+        train_s,
+    )
+    return StageResult(model, result, metrics)
+
+
+@dataclass
+class Setup:
+    """The sections both training stages read, validated, plus the species list."""
+
+    base: BaseConfig
+    data: DataConfig
+    loss: LossConfig
+    species: list[Species]
+
+    def provenance(self, **sections: Any) -> dict[str, Any]:
+        shared = {"base": self.base, "data": self.data, "loss": self.loss}
+        return {k: to_dict(v) for k, v in (shared | sections).items()}
+
+
+def prepare(params: dict[str, Any]) -> Setup:
+    """Validate the shared training sections, load species, seed and set threads."""
+    base = base_config(params)
+    data = section(params, "data", DataConfig)
+    loss = section(params, "loss", LossConfig)
+    check_imbalance_options(data, loss)
+    species = load_species(base.species_file)
+    seed_everything(base.seed, base.deterministic)
+    set_threads(base.threads)
+    return Setup(base, data, loss, species)

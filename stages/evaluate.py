@@ -1,0 +1,64 @@
+"""Stage evaluate: test-split metrics, per-species report, confusion matrix and predictions."""
+
+import argparse
+from pathlib import Path
+
+from snakeid.config import base_config, load_params, section
+from snakeid.evaluate import (
+    EvaluateConfig,
+    evaluate,
+    plot_confusion,
+    plot_per_species_f1,
+    predict_probs,
+    prediction_rows,
+)
+from snakeid.manifest import read_manifest
+from snakeid.models import load_checkpoint
+from snakeid.stage import run_stage
+from snakeid.taxa import load_species
+from snakeid.utils import resolve_device, seed_everything, set_threads, write_csv, write_json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--confusion", type=Path, required=True, help="actual,predicted CSV")
+    ap.add_argument("--predictions", type=Path, required=True, help="per-photo top-3 CSV")
+    ap.add_argument("--confusion-png", type=Path, required=True)
+    ap.add_argument("--f1-png", type=Path, required=True)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    base = base_config(params)
+    cfg = section(params, "evaluate", EvaluateConfig)
+    species = load_species(base.species_file)
+    seed_everything(base.seed, base.deterministic)
+    set_threads(base.threads)
+    device = resolve_device(base.device)
+
+    model, ckpt = load_checkpoint(args.model, species)
+    ev = evaluate(
+        lambda rows: predict_probs(model, rows, species, ckpt["image_size"], device=device),
+        read_manifest(args.split / "test.csv"),
+        read_manifest(args.split / "train.csv"),
+        species,
+        cfg,
+        seed=base.seed,
+    )
+    metrics = ev.metrics | {
+        "backbone": ckpt["backbone"],
+        "pretrained": ckpt["metrics"]["pretrained"],
+    }
+    write_json(args.metrics, metrics)
+    preds = prediction_rows(ev, species)
+    write_csv(args.predictions, preds)
+    write_csv(args.confusion, [{"actual": p["actual"], "predicted": p["predicted"]} for p in preds])
+    plot_confusion(ev, species, args.confusion_png)
+    plot_per_species_f1(metrics, args.f1_png)
+
+
+if __name__ == "__main__":
+    run_stage(main)

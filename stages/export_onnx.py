@@ -1,0 +1,58 @@
+"""Stage export_onnx: ONNX FP32 model + model_meta.json, checked against PyTorch on test photos."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from snakeid.config import base_config, load_params, section
+from snakeid.export import (
+    ExportConfig,
+    check_parity,
+    eval_batches,
+    export_onnx,
+    model_meta,
+    ort_session,
+    parity,
+)
+from snakeid.manifest import read_manifest
+from snakeid.models import load_checkpoint
+from snakeid.stage import run_stage
+from snakeid.taxa import load_species
+from snakeid.utils import set_threads, write_json
+
+_logger = logging.getLogger("export_onnx")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--onnx", type=Path, required=True)
+    ap.add_argument("--meta", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    base = base_config(params)
+    cfg = section(params, "export_onnx", ExportConfig)
+    species = load_species(base.species_file)
+    set_threads(base.threads)
+
+    model, ckpt = load_checkpoint(args.model, species)
+    export_onnx(model, args.onnx, ckpt["image_size"], cfg.opset)
+    rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
+    result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt["image_size"]))
+    write_json(args.metrics, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
+    check_parity(result, cfg)  # after writing, so a failed check leaves its evidence
+    write_json(args.meta, model_meta(ckpt, cfg))
+    _logger.info(
+        "exported %s: agreement %.3f, max |diff| %.2e",
+        args.onnx,
+        result["top1_agreement"],
+        result["max_abs_logit_diff"],
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,73 @@
+"""Stage train_head: train the classifier on a frozen, ImageNet-pretrained backbone."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from snakeid.config import load_params, section
+from snakeid.data import eval_preprocess_spec
+from snakeid.models import ModelConfig, build_model, save_checkpoint
+from snakeid.stage import run_stage
+from snakeid.train import FitSpec, TrainHeadConfig, prepare, train_tail
+from snakeid.utils import write_csv, write_json
+
+_logger = logging.getLogger("train_head")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--split", type=Path, required=True, help="directory with train/val/test.csv")
+    ap.add_argument("--model-out", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, required=True, help="per-epoch curves (CSV)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    model_cfg = section(params, "model", ModelConfig)
+    cfg = section(params, "train_head", TrainHeadConfig)
+    setup = prepare(params)
+    base = setup.base
+
+    model = build_model(base.backbone, len(setup.species), model_cfg)
+    fit = FitSpec(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        select_metric=cfg.select_metric,
+        batch_size=setup.data.batch_size,
+        sampler=setup.data.sampler,
+        loss=setup.loss,
+        seed=base.seed,
+    )
+    result = train_tail(
+        model,
+        0,
+        split_dir=args.split,
+        species=setup.species,
+        base=base,
+        data=setup.data,
+        fit=fit,
+        stage="train_head",
+    )
+    metrics = result.metrics | {"pretrained": model_cfg.pretrained}
+    if not model_cfg.pretrained:
+        metrics["warning"] = "backbone NOT pretrained: random features, expect poor accuracy"
+        _logger.warning(metrics["warning"])
+    save_checkpoint(
+        args.model_out,
+        result.model,
+        species=setup.species,
+        backbone=base.backbone,
+        image_size=base.image_size,
+        preprocess=eval_preprocess_spec(base.image_size),
+        params=setup.provenance(model=model_cfg, train_head=cfg),
+        stage="train_head",
+        metrics=metrics,
+    )
+    write_json(args.metrics, metrics)
+    write_csv(args.plot, result.fit.history)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+
+from snakeid.config import BaseConfig
+from snakeid.data import DataConfig
+from snakeid.models import ModelConfig, build_model
+from snakeid.stage import UserError
+from snakeid.train import FitSpec, LossConfig, check_imbalance_options, class_weights, train_tail
+from training_data import SPECIES, make_split
+
+BASE = BaseConfig(image_size=64, device="cpu", seed=3)
+DATA = DataConfig(batch_size=8, views=2)
+
+
+FIT = dict(
+    epochs=4,
+    lr=3e-3,
+    weight_decay=0.0,
+    select_metric="macro_f1",
+    batch_size=8,
+    sampler="none",
+    loss=LossConfig(),
+    seed=3,
+)
+
+
+def _fit(**kw) -> FitSpec:
+    return FitSpec(**(FIT | kw))
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    return make_split(tmp_path_factory.mktemp("data"))
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", len(SPECIES), ModelConfig())
+
+
+def _snapshot(model, prefix=""):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def test_head_training_lowers_the_loss_and_freezes_the_backbone(split_dir):
+    model = _model()
+    before = _snapshot(model)
+    result = train_tail(
+        model,
+        0,
+        split_dir=split_dir,
+        species=SPECIES,
+        base=BASE,
+        data=DATA,
+        fit=_fit(epochs=6),
+        stage="t",
+    )
+    losses = [r["train_loss"] for r in result.fit.history]
+    assert losses[-1] < losses[0]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # every backbone parameter AND BatchNorm buffer (running mean/var, batches seen) is identical
+    assert changed == {"classifier.weight", "classifier.bias"}
+    assert any("running_mean" in k for k in before)
+    assert result.metrics["val_macro_f1"] > 1 / len(SPECIES)
+
+
+def test_finetune_changes_only_the_unfrozen_blocks_and_classifier(split_dir):
+    model = _model()
+    before = _snapshot(model)
+    n = len(model.features)
+    train_tail(
+        model,
+        2,
+        split_dir=split_dir,
+        species=SPECIES,
+        base=BASE,
+        data=DATA,
+        fit=_fit(epochs=2),
+        stage="t",
+    )
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = (f"features.{n - 1}.", f"features.{n - 2}.", "classifier.")
+    assert changed and all(k.startswith(allowed) for k in changed), sorted(changed)
+    # the unfrozen blocks' BatchNorm statistics do move (they are trained)
+    assert any(k.startswith(f"features.{n - 1}.") and "running_mean" in k for k in changed)
+    assert any(k.startswith(f"features.{n - 2}.") for k in changed)
+
+
+def test_training_is_deterministic(split_dir):
+    runs = [
+        train_tail(
+            _model(),
+            1,
+            split_dir=split_dir,
+            species=SPECIES,
+            base=BASE,
+            data=DATA,
+            fit=_fit(epochs=2),
+            stage="t",
+        ).metrics
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+
+
+def test_balanced_sampler_with_class_weights_is_refused():
+    loss = LossConfig(class_weighting="inverse")
+    with pytest.raises(UserError, match="over-corrects"):
+        check_imbalance_options(DataConfig(sampler="balanced"), loss)
+    check_imbalance_options(
+        DataConfig(sampler="balanced"), LossConfig(class_weighting="inverse", force=True)
+    )
+
+
+@pytest.mark.parametrize("scheme", ["inverse", "sqrt_inverse", "effective_number"])
+def test_class_weights_favour_rare_classes(scheme):
+    w = class_weights(np.array([100, 10, 0, 1]), LossConfig(class_weighting=scheme, beta=0.99))
+    assert w[2] == 0  # absent from training
+    assert w[0] < w[1] < w[3]
+    assert w[[0, 1, 3]].mean().item() == pytest.approx(1.0)
+    assert class_weights(np.array([5, 5]), LossConfig()) is None
+
+
+def test_balanced_sampler_and_weights_train(split_dir):
+    for fit in (
+        _fit(epochs=2, sampler="balanced"),
+        _fit(epochs=2, loss=LossConfig(class_weighting="sqrt_inverse", label_smoothing=0.1)),
+    ):
+        r = train_tail(
+            _model(),
+            0,
+            split_dir=split_dir,
+            species=SPECIES,
+            base=BASE,
+            data=DATA,
+            fit=fit,
+            stage="t",
+        )
+        assert np.isfinite(r.metrics["train_loss"])
