@@ -58,7 +58,8 @@ def write_manifest(
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns} | {
-                k: v for k, v in row.items() if k not in columns
-            })
+            writer.writerow(
+                {c: "" if row.get(c) is None else row.get(c) for c in columns}
+                | {k: v for k, v in row.items() if k not in columns}
+            )
     tmp.replace(path)  # never leave a half-written manifest behind

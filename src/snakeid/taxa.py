@@ -46,7 +46,9 @@ def load_species(path: str | Path) -> list[Species]:
             raise SpeciesFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         name, common, venomous = item.get("name"), item.get("common"), item.get("venomous")
         if not isinstance(name, str) or len(name.split()) < 2:
-            raise SpeciesFileError(f"{where}: 'name' must be a binomial scientific name, got {name!r}")
+            raise SpeciesFileError(
+                f"{where}: 'name' must be a binomial scientific name, got {name!r}"
+            )
         if not isinstance(common, str) or not common.strip():
             raise SpeciesFileError(f"{where} ({name}): 'common' must be a non-empty string")
         if not isinstance(venomous, bool):
