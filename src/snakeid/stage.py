@@ -1,0 +1,52 @@
+"""What every stage script shares at its edge: logging set-up and clean errors for bad input.
+
+A stage script defines `main()` and ends with `run_stage(main)`. Mistakes the user can fix (a
+typo in `params.yaml`, an unknown species folder, a missing file) end the stage with one line,
+`error: <message>`, and exit code 2, instead of a traceback. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+import yaml
+
+from snakeid.config import ParamsError
+from snakeid.taxa import SpeciesFileError
+from snakeid.utils import setup_logging
+
+USAGE_ERROR_EXIT = 2  # the code argparse uses for a bad command line
+
+
+class UserError(Exception):
+    """Bad input the user can fix; library code raises it with a message that says how."""
+
+
+# Exceptions that mean "your input is wrong", never "the code is wrong".
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    ParamsError,
+    SpeciesFileError,
+    FileNotFoundError,
+    yaml.YAMLError,
+)
+
+
+def run_stage(main: Callable[[], object]) -> NoReturn:
+    """Set up logging, run `main`, and exit: 0 on success, 2 with a one-line error on bad input."""
+    setup_logging()
+    try:
+        main()
+    except USER_ERRORS as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(USAGE_ERROR_EXIT)
+    sys.exit(0)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError) and e.filename is not None:
+        return f"{e.filename}: no such file or directory"
+    return " ".join(str(e).split())
