@@ -9,11 +9,11 @@ from snakeid.evaluate import (
     evaluate,
     plot_confusion,
     plot_per_species_f1,
-    predict_probs,
+    predict_logits,
     prediction_rows,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import load_checkpoint
+from snakeid.models import ModelConfig, deployed, load_checkpoint
 from snakeid.stage import run_stage
 from snakeid.taxa import load_species
 from snakeid.utils import resolve_device, seed_everything, set_threads, write_csv, write_json
@@ -34,23 +34,27 @@ def main() -> None:
     params = load_params(args.params)
     base = base_config(params)
     cfg = section(params, "evaluate", EvaluateConfig)
+    model_cfg = section(params, "model", ModelConfig)
     species = load_species(base.species_file)
     seed_everything(base.seed, base.deterministic)
     set_threads(base.threads)
     device = resolve_device(base.device)
 
-    model, ckpt = load_checkpoint(args.model, species)
+    net, ckpt = load_checkpoint(args.model, species)
+    model = deployed(net, ckpt, model_cfg)
     ev = evaluate(
-        lambda rows: predict_probs(model, rows, species, ckpt["image_size"], device=device),
+        lambda rows: predict_logits(model, rows, species, ckpt["image_size"], device=device),
         read_manifest(args.split / "test.csv"),
         read_manifest(args.split / "train.csv"),
         species,
         cfg,
         seed=base.seed,
+        calibration=ckpt["calibration"],
     )
     metrics = ev.metrics | {
         "backbone": ckpt["backbone"],
         "pretrained": ckpt["metrics"]["pretrained"],
+        "tta_flip": model_cfg.tta_flip,
     }
     write_json(args.metrics, metrics)
     preds = prediction_rows(ev, species)

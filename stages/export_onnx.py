@@ -15,7 +15,7 @@ from snakeid.export import (
     parity,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import load_checkpoint
+from snakeid.models import ModelConfig, deployed, load_checkpoint
 from snakeid.stage import run_stage
 from snakeid.taxa import load_species
 from snakeid.utils import set_threads, write_json
@@ -36,16 +36,18 @@ def main() -> None:
     params = load_params(args.params)
     base = base_config(params)
     cfg = section(params, "export_onnx", ExportConfig)
+    model_cfg = section(params, "model", ModelConfig)
     species = load_species(base.species_file)
     set_threads(base.threads)
 
-    model, ckpt = load_checkpoint(args.model, species)
+    net, ckpt = load_checkpoint(args.model, species)
+    model = deployed(net, ckpt, model_cfg)
     export_onnx(model, args.onnx, ckpt["image_size"], cfg.opset)
     rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
     result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt["image_size"]))
     write_json(args.metrics, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
     check_parity(result, cfg)  # after writing, so a failed check leaves its evidence
-    write_json(args.meta, model_meta(ckpt, cfg))
+    write_json(args.meta, model_meta(ckpt, cfg, tta_flip=model_cfg.tta_flip))
     _logger.info(
         "exported %s: agreement %.3f, max |diff| %.2e",
         args.onnx,

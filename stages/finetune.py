@@ -3,10 +3,11 @@
 import argparse
 from pathlib import Path
 
+from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
 from snakeid.models import load_checkpoint, save_checkpoint
 from snakeid.stage import run_stage
-from snakeid.train import FinetuneConfig, FitSpec, TrainHeadConfig, prepare, train_tail
+from snakeid.train import FinetuneConfig, TrainHeadConfig, fit_spec, prepare, train_tail
 from snakeid.utils import write_csv, write_json
 
 
@@ -26,14 +27,11 @@ def main() -> None:
     setup = prepare(params)
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
-    fit = FitSpec(
+    fit = fit_spec(
+        cfg,
+        setup,
         epochs=cfg.epochs or max(2, head_cfg.epochs // 2),
         lr=head_cfg.lr * cfg.lr_scale,
-        weight_decay=cfg.weight_decay,
-        select_metric=cfg.select_metric,
-        batch_size=setup.data.batch_size,
-        sampler=setup.data.sampler,
-        loss=setup.loss,
         seed=setup.base.seed + 1,  # a different epoch order from the head stage
     )
     result = train_tail(
@@ -46,7 +44,15 @@ def main() -> None:
         fit=fit,
         stage="finetune",
     )
+    calibration = calibrate_on_val(
+        result.fit.val_logits,
+        result.val_labels,
+        setup.species,
+        temperature_scaling=cfg.temperature_scaling,
+        miss_target=cfg.venomous_miss_target,
+    )
     metrics = result.metrics | {
+        "calibration": calibration,
         "lr": fit.lr,
         "pretrained": head_ckpt["metrics"]["pretrained"],
         "head_val_macro_f1": head_ckpt["metrics"]["val_macro_f1"],
@@ -61,6 +67,7 @@ def main() -> None:
         params=head_ckpt["params"] | setup.provenance(finetune=cfg),
         stage="finetune",
         metrics=metrics,
+        calibration=calibration,
     )
     write_json(args.metrics, metrics)
     write_csv(args.plot, result.fit.history)

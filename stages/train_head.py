@@ -8,7 +8,7 @@ from snakeid.config import load_params, section
 from snakeid.data import eval_preprocess_spec
 from snakeid.models import ModelConfig, build_model, save_checkpoint
 from snakeid.stage import run_stage
-from snakeid.train import FitSpec, TrainHeadConfig, prepare, train_tail
+from snakeid.train import TrainHeadConfig, fit_spec, prepare, train_tail
 from snakeid.utils import write_csv, write_json
 
 _logger = logging.getLogger("train_head")
@@ -30,16 +30,7 @@ def main() -> None:
     base = setup.base
 
     model = build_model(base.backbone, len(setup.species), model_cfg)
-    fit = FitSpec(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        select_metric=cfg.select_metric,
-        batch_size=setup.data.batch_size,
-        sampler=setup.data.sampler,
-        loss=setup.loss,
-        seed=base.seed,
-    )
+    fit = fit_spec(cfg, setup, epochs=cfg.epochs, lr=cfg.lr, seed=base.seed)
     result = train_tail(
         model,
         0,

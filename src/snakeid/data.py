@@ -33,6 +33,8 @@ class DataConfig:
     workers: int = field(default=0, metadata=spec(ge=0))
     sampler: str = field(default="none", metadata=spec(choices=("none", "balanced")))
     views: int = field(default=4, metadata=spec(ge=1, le=64))
+    augment: str = field(default="basic", metadata=spec(choices=("basic", "trivialaugment")))
+    random_erasing: float = field(default=0.0, metadata=spec(ge=0.0, le=1.0))  # probability
 
 
 def eval_resize(size: int) -> int:
@@ -64,14 +66,22 @@ def _to_tensor() -> list[T.Transform]:
     ]
 
 
-def train_transform(size: int) -> T.Compose:
-    """Augmentation for training views: random crop/scale, flip, mild colour jitter."""
+def train_transform(size: int, *, augment: str = "basic", random_erasing: float = 0.0) -> T.Compose:
+    """Augmentation for training views: random crop/scale, flip, then either mild colour jitter
+    (`basic`) or TrivialAugmentWide, optionally followed by random erasing."""
+    policy = (
+        T.TrivialAugmentWide()
+        if augment == "trivialaugment"
+        else T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)
+    )
+    erase = [T.RandomErasing(p=random_erasing, value=0)] if random_erasing > 0 else []
     return T.Compose(
         [
             T.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
             T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            policy,
             *_to_tensor(),
+            *erase,
         ]
     )
 

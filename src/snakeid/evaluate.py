@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from snakeid.calibration import softmax, venomous_probability, venomous_rule_report
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
-from snakeid.metrics import bootstrap_intervals, classification_report
+from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
 from snakeid.taxa import Species
 
 _logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def predict_probs(
+def predict_logits(
     model: torch.nn.Module,
     rows: Sequence[dict[str, str]],
     species: Sequence[Species],
@@ -46,30 +47,34 @@ def predict_probs(
     batch_size: int = 32,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Softmax probabilities (N, C) of `model` on `rows` through the shared eval transform."""
+    """Logits (N, C) of `model` on `rows` through the shared eval transform."""
     ds = SplitDataset(rows, species, eval_transform(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     model.eval().to(device)
     out = [
-        model(x.to(device)).float().softmax(1).cpu().numpy()
+        model(x.to(device)).float().cpu().numpy()
         for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False)
     ]
     return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
 
 
 def evaluate(
-    predict: Callable[[list[dict[str, str]]], np.ndarray],
+    predict: Callable[[list[dict[str, str]]], np.ndarray],  # rows → logits (N, C)
     test_rows: Sequence[dict[str, str]],
     train_rows: Sequence[dict[str, str]],
     species: Sequence[Species],
     cfg: EvaluateConfig,
     *,
     seed: int,
+    calibration: dict[str, Any],
 ) -> Evaluation:
     """Metrics of `predict` (rows → probabilities) on the test photos of trained species.
 
     Test photos of a species with no training photos cannot be right: they are excluded and
     counted. Macro averages run over every species with test photos, predicted or not.
+    `predict` returns calibrated logits (temperature from `calibration`, fitted on val);
+    the ECE is also reported for the uncalibrated ones, and the venomous rule (threshold from
+    `calibration`) is scored beside the argmax decision.
     """
     index = {s.name: i for i, s in enumerate(species)}
     kept, excluded = evaluable(test_rows, train_rows)
@@ -82,9 +87,18 @@ def evaluate(
     if not kept:
         raise ValueError("no test photos of trained species: nothing to evaluate")
     y = np.array([index[r["taxon"]] for r in kept])
-    probs = predict(kept)
+    logits = predict(kept)
+    probs = softmax(logits)
     labels = sorted(set(y.tolist()))
     report = classification_report(y, probs, species, labels, ece_bins=cfg.ece_bins)
+    t = calibration["temperature"]
+    raw = softmax(logits * t)  # the model's output is logits / T
+    venomous = [s.venomous for s in species]
+    rule = venomous_rule_report(
+        venomous_probability(probs, venomous),
+        np.asarray(venomous)[y],
+        calibration["venomous_threshold"],
+    )
     intervals = bootstrap_intervals(y, probs.argmax(1), labels, resamples=cfg.bootstrap, seed=seed)
     per_species = report.pop("per_species")
     n_test = report.pop("n")
@@ -92,6 +106,10 @@ def evaluate(
         **report,
         **intervals,
         "n_test": n_test,
+        "temperature": t,
+        "ece_uncalibrated": expected_calibration_error(y, raw, cfg.ece_bins),
+        # "possibly venomous" rule: flagged when P(any venomous species) ≥ threshold
+        "venomous_rule": rule,
         "n_excluded_untrained_species": sum(excluded.values()),
         "excluded_untrained_species": dict(sorted(excluded.items())),
         "species_without_test_photos": [s.name for s in species if index[s.name] not in labels],

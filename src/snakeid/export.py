@@ -107,7 +107,7 @@ def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
         )
 
 
-def model_meta(ckpt: dict[str, Any], cfg: ExportConfig) -> dict[str, Any]:
+def model_meta(ckpt: dict[str, Any], cfg: ExportConfig, *, tta_flip: bool) -> dict[str, Any]:
     """Everything an application needs to use the exported model without this repository."""
     return {
         "format": META_FORMAT,
@@ -118,10 +118,16 @@ def model_meta(ckpt: dict[str, Any], cfg: ExportConfig) -> dict[str, Any]:
         "preprocess": ckpt["preprocess"],
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "output": "logits (apply softmax for probabilities)",
+        "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
+        "temperature": ckpt["calibration"]["temperature"],
+        "tta_flip": tta_flip,
         "backbone": ckpt["backbone"],
         "image_size": ckpt["image_size"],
         "params_digest": sha256_json(ckpt["params"]),
         "created_by": f"snakeid {__version__}",
-        "decision": {"low_confidence_threshold": cfg.low_confidence_threshold},
+        "decision": {
+            "low_confidence_threshold": cfg.low_confidence_threshold,
+            # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
+            "venomous_threshold": ckpt["calibration"]["venomous_threshold"],
+        },
     }

@@ -36,6 +36,9 @@ class ModelConfig:
     pretrained: bool = True
     weights_path: str | None = None  # torchvision backbones: a local IMAGENET1K_V1 state dict
     dropout: float = field(default=0.2, metadata=spec(ge=0.0, lt=1.0))
+    # Test-time augmentation: average the logits of the photo and its mirror image (evaluate
+    # and the exported model; doubles inference cost).
+    tta_flip: bool = False
 
 
 class SnakeNet(nn.Module):
@@ -93,6 +96,19 @@ class SnakeNet(nn.Module):
         """Parameters trained when `unfreeze_blocks` feature blocks are unfrozen (0 = head only)."""
         return [p for _, p in self.named_trainable(unfreeze_blocks)]
 
+    def param_groups(
+        self, unfreeze_blocks: int, lr: float, decay: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups: the classifier (and neck) at `lr`, the k-th unfrozen block below
+        them at `lr · decay^k` (discriminative fine-tuning)."""
+        n = len(self.features)
+        groups = [{"params": [*self.classifier.parameters()], "lr": lr}]
+        if unfreeze_blocks > 0:
+            groups[0]["params"] += [*self.neck.parameters()]
+        for k in range(1, unfreeze_blocks + 1):
+            groups.append({"params": [*self.features[n - k].parameters()], "lr": lr * decay**k})
+        return [g for g in groups if g["params"]]
+
     def named_trainable(self, unfreeze_blocks: int) -> list[tuple[str, nn.Parameter]]:
         cut = len(self.features) - unfreeze_blocks
         prefixes = [f"features.{i}." for i in range(cut, len(self.features))]
@@ -116,6 +132,26 @@ class _Chain(nn.Sequential):
             if name == "pool":
                 x = x.flatten(1)
         return x
+
+
+class DeployedModel(nn.Module):
+    """What gets evaluated and exported: the network plus its inference-time choices.
+
+    Output: calibrated logits = mean over (image[, mirrored image]) of logits / temperature, so
+    `softmax(output)` are the calibrated probabilities.
+    """
+
+    def __init__(self, net: SnakeNet, *, temperature: float = 1.0, tta_flip: bool = False):
+        super().__init__()
+        self.net = net
+        self.temperature = float(temperature)
+        self.tta_flip = tta_flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        if self.tta_flip:
+            logits = 0.5 * (logits + self.net(torch.flip(x, dims=[3])))
+        return logits / self.temperature
 
 
 def build_model(backbone: str, n_classes: int, cfg: ModelConfig) -> SnakeNet:
@@ -213,6 +249,7 @@ def save_checkpoint(
     params: dict[str, Any],
     stage: str,
     metrics: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
 ) -> None:
     """Save weights plus everything needed to rebuild and interpret them (provenance)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -228,9 +265,18 @@ def save_checkpoint(
             "params": params,
             "stage": stage,
             "metrics": metrics,
+            # temperature and venomous threshold fitted on val (finetune); none for the head
+            "calibration": calibration or {"temperature": 1.0, "venomous_threshold": 0.5},
         },
         path,
     )
+
+
+def deployed(model: SnakeNet, ckpt: dict[str, Any], cfg: ModelConfig) -> DeployedModel:
+    """The model as evaluated and exported: with its val-fitted temperature and TTA choice."""
+    return DeployedModel(
+        model, temperature=ckpt["calibration"]["temperature"], tta_flip=cfg.tta_flip
+    ).eval()
 
 
 def load_checkpoint(

@@ -12,12 +12,13 @@ running statistics can move.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,13 @@ class LossConfig:
     )
     beta: float = field(default=0.999, metadata=spec(gt=0.0, lt=1.0))  # effective_number only
     label_smoothing: float = field(default=0.0, metadata=spec(ge=0.0, lt=1.0))
-    force: bool = False  # allow a balanced sampler together with class weights
+    # Logit adjustment (Menon et al., 2021): train on logits + tau·log(prior), predict with
+    # plain logits. 0 = off.
+    logit_adjustment: float = field(default=0.0, metadata=spec(ge=0.0))
+    force: bool = False  # allow stacking two imbalance corrections
+
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class TrainHeadConfig:
     lr: float = field(default=1e-3, metadata=spec(gt=0.0))
     weight_decay: float = field(default=0.01, metadata=spec(ge=0.0))
     select_metric: str = field(default="macro_f1", metadata=spec(choices=METRICS))
+    schedule: str = field(default="constant", metadata=spec(choices=SCHEDULES))
+    warmup_epochs: int = field(default=0, metadata=spec(ge=0))
+    ema_decay: float = field(default=0.0, metadata=spec(ge=0.0, lt=1.0))  # 0 = no EMA
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,18 @@ class FinetuneConfig:
     epochs: int | None = field(default=None, metadata=spec(ge=1))  # None: max(2, head epochs // 2)
     unfreeze_blocks: int = field(default=1, metadata=spec(ge=0))
     lr_scale: float = field(default=0.5, metadata=spec(gt=0.0))
+    # Discriminative learning rates: block k below the classifier trains at lr · decay^k.
+    layer_lr_decay: float = field(default=1.0, metadata=spec(gt=0.0, le=1.0))
     weight_decay: float = field(default=0.01, metadata=spec(ge=0.0))
     select_metric: str = field(default="macro_f1", metadata=spec(choices=METRICS))
+    schedule: str = field(default="constant", metadata=spec(choices=SCHEDULES))
+    warmup_epochs: int = field(default=0, metadata=spec(ge=0))
+    ema_decay: float = field(default=0.0, metadata=spec(ge=0.0, lt=1.0))
+    # Post-hoc calibration on the val split, carried by the checkpoint into the exported model.
+    temperature_scaling: bool = True
+    # "Possibly venomous" when P(any venomous species) ≥ a threshold chosen on val so that at
+    # most this share of venomous val photos fall below it (capped at 0.5).
+    venomous_miss_target: float = field(default=0.02, metadata=spec(ge=0.0, le=1.0))
 
 
 @dataclass(frozen=True)
@@ -81,13 +101,26 @@ class FitSpec:
     sampler: str
     loss: LossConfig
     seed: int
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    ema_decay: float = 0.0
+    layer_lr_decay: float = 1.0
 
 
 def check_imbalance_options(data: DataConfig, loss: LossConfig) -> None:
-    if data.sampler == "balanced" and loss.class_weighting != "none" and not loss.force:
+    """Refuse stacking imbalance corrections: each alone already rebalances the classes."""
+    on = [
+        name
+        for name, active in (
+            ("data.sampler: balanced", data.sampler == "balanced"),
+            (f"loss.class_weighting: {loss.class_weighting}", loss.class_weighting != "none"),
+            (f"loss.logit_adjustment: {loss.logit_adjustment}", loss.logit_adjustment > 0),
+        )
+        if active
+    ]
+    if len(on) > 1 and not loss.force:
         raise UserError(
-            "data.sampler: balanced together with loss.class_weighting: "
-            f"{loss.class_weighting} over-corrects the imbalance; pick one "
+            f"{' together with '.join(on)} over-corrects the imbalance; pick one "
             "(or set loss.force: true)"
         )
 
@@ -199,12 +232,52 @@ class FitResult:
     best_epoch: int
     best: dict[str, float]
     state_dict: dict[str, torch.Tensor]
+    val_logits: np.ndarray  # (N_val, C) of the best epoch's weights
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based) of `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+class _Ema:
+    """Exponential moving average of a module's floating-point state (weights and BN stats)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.module, self.decay, self.updates = module, decay, 0
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        # Warm-up as in timm/TF: early averages are not dominated by the initial weights.
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the averaged weights into the module."""
+        live = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        self.module.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            self.module.load_state_dict(live)
 
 
 def fit_tail(
     model: SnakeNet,
     tail: nn.Module,
-    params: Sequence[nn.Parameter],
+    param_groups: list[dict[str, Any]],
     train: FeatureCache,
     train_labels: np.ndarray,
     val: FeatureCache,
@@ -215,10 +288,11 @@ def fit_tail(
     device: str,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train `tail` (the modules owning `params`) on cached features; keep the best epoch.
+    """Train `tail` (the modules owning `param_groups`) on cached features; keep the best epoch.
 
     Each epoch visits every training image once, in a seeded order, through one of its cached
-    augmentation views chosen at random.
+    augmentation views chosen at random. Validation (and the kept weights) use the EMA of the
+    weights when `ema_decay` > 0.
     """
     n_classes = model.classifier.out_features
     rng = np.random.default_rng(spec_.seed)
@@ -228,16 +302,29 @@ def fit_tail(
         weight=None if weights is None else weights.to(device),
         label_smoothing=spec_.loss.label_smoothing,
     )
-    optimizer = torch.optim.AdamW(params, lr=spec_.lr, weight_decay=spec_.weight_decay)
+    # Logit adjustment: the loss sees logits + tau·log(prior); the model learns to beat the prior.
+    prior = np.maximum(counts, 1) / counts.sum()
+    adjust = torch.tensor(spec_.loss.logit_adjustment * np.log(prior), dtype=torch.float32).to(
+        device
+    )
+    optimizer = torch.optim.AdamW(param_groups, lr=spec_.lr, weight_decay=spec_.weight_decay)
     n = len(train)
+    steps_per_epoch = math.ceil(n / spec_.batch_size)
+    total_steps = steps_per_epoch * spec_.epochs
+    warmup = min(spec_.warmup_epochs * steps_per_epoch, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, spec_.schedule)
+    )
+    ema = _Ema(tail, spec_.ema_decay) if spec_.ema_decay > 0 else None
     if spec_.sampler == "balanced":
         # each image drawn with probability ∝ 1 / its class count: classes equally likely
         p = 1.0 / counts[train_labels]
         p = p / p.sum()
-    history, best, best_epoch, best_state = [], -math.inf, 0, None
+    history, best, best_epoch, best_state, best_logits = [], -math.inf, 0, None, None
     y_all = torch.from_numpy(train_labels).long()
     for epoch in range(1, spec_.epochs + 1):
         started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
         tail.train()
         order = rng.choice(n, n, p=p) if spec_.sampler == "balanced" else rng.permutation(n)
         view = rng.integers(0, train.views, n)
@@ -247,46 +334,49 @@ def fit_tail(
             x = train.batch(view[i : i + spec_.batch_size], idx).to(device)
             y = y_all[idx].to(device)
             logits = tail(x)
-            loss = criterion(logits, y)
+            loss = criterion(logits + adjust, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
+            if ema:
+                ema.update()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
         seconds = time.perf_counter() - started
-        val_loss, val_probs = predict_cached(tail, val, device=device, labels=val_labels)
-        val_pred = val_probs.argmax(1)
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / n,
-            "train_accuracy": correct / n,
-            "val_loss": val_loss,
-            "val_accuracy": float((val_pred == val_labels).mean()),
-            "val_macro_f1": macro_f1(val_labels, val_pred, labels),
-            "val_balanced_accuracy": balanced_accuracy(val_labels, val_pred, labels),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_s": n / seconds,
-        }
+        with ema.applied() if ema else contextlib.nullcontext():
+            val_loss, val_logits = predict_cached(tail, val, device=device, labels=val_labels)
+            val_pred = val_logits.argmax(1)
+            row = {
+                "epoch": epoch,
+                "train_loss": total_loss / n,
+                "train_accuracy": correct / n,
+                "val_loss": val_loss,
+                "val_accuracy": float((val_pred == val_labels).mean()),
+                "val_macro_f1": macro_f1(val_labels, val_pred, labels),
+                "val_balanced_accuracy": balanced_accuracy(val_labels, val_pred, labels),
+                "lr": lr,
+                "seconds": seconds,
+                "images_per_s": n / seconds,
+            }
+            score = row[f"val_{spec_.select_metric}"]
+            if score > best:  # strict: ties keep the earlier (cheaper, less fitted) epoch
+                best, best_epoch, best_logits = score, epoch, val_logits
+                best_state = copy.deepcopy(model.state_dict())
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        score = row[f"val_{spec_.select_metric}"]
-        if score > best:  # strict: ties keep the earlier (cheaper, less fitted) epoch
-            best, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-    assert best_state is not None
-    best_row = history[best_epoch - 1]
-    return FitResult(history, best_epoch, best_row, best_state)
+    assert best_state is not None and best_logits is not None
+    return FitResult(history, best_epoch, history[best_epoch - 1], best_state, best_logits)
 
 
 @torch.no_grad()
 def predict_cached(
     tail: nn.Module, cache: FeatureCache, *, device: str, labels: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy (if labels given) and softmax probabilities over view 0 of a cache."""
+    """Mean cross-entropy (if labels given) and logits (N, C) over view 0 of a cache."""
     tail.eval()
-    probs, loss_sum = [], 0.0
+    out, loss_sum = [], 0.0
     n = len(cache)
     for i in range(0, n, 256):
         idx = np.arange(i, min(n, i + 256))
@@ -294,8 +384,8 @@ def predict_cached(
         if labels is not None:
             y = torch.from_numpy(labels[idx]).long().to(device)
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        probs.append(logits.softmax(1).cpu().numpy())
-    return loss_sum / max(n, 1), np.concatenate(probs)
+        out.append(logits.cpu().numpy())
+    return loss_sum / max(n, 1), np.concatenate(out)
 
 
 def freeze_all_but(model: SnakeNet, trainable: Sequence[nn.Parameter]) -> None:
@@ -313,10 +403,14 @@ class StageResult:
     model: SnakeNet
     fit: FitResult
     metrics: dict[str, Any]
+    val_labels: np.ndarray
 
 
-def _split_data(split_dir: Path, species: Sequence[Species], image_size: int) -> tuple[Any, Any]:
-    train = SplitDataset.from_csv(split_dir / "train.csv", species, train_transform(image_size))
+def _split_data(
+    split_dir: Path, species: Sequence[Species], image_size: int, data: DataConfig
+) -> tuple[Any, Any]:
+    augment = train_transform(image_size, augment=data.augment, random_erasing=data.random_erasing)
+    train = SplitDataset.from_csv(split_dir / "train.csv", species, augment)
     val = SplitDataset.from_csv(split_dir / "val.csv", species, eval_transform(image_size))
     if len(train) == 0 or len(val) == 0:
         raise UserError(f"{split_dir}: the train and val splits must both hold photos")
@@ -338,10 +432,11 @@ def train_tail(
     check_imbalance_options(data, fit.loss)
     device = resolve_device(base.device)
     model.to(device).to(memory_format=torch.channels_last)
-    train_ds, val_ds = _split_data(split_dir, species, base.image_size)
+    train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
     prefix, tail = model.split(unfreeze_blocks)
     params = model.trainable_parameters(unfreeze_blocks)
     freeze_all_but(model, params)
+    groups = model.param_groups(unfreeze_blocks, fit.lr, fit.layer_lr_decay)
     train_y, val_y = np.array(train_ds.labels), np.array(val_ds.labels)
     labels = np.unique(val_y)
     with cache_dir() as tmp:
@@ -371,7 +466,7 @@ def train_tail(
         result = fit_tail(
             model,
             tail,
-            params,
+            groups,
             train_cache,
             train_y,
             val_cache,
@@ -420,7 +515,7 @@ def train_tail(
         train_cache.images_per_s,
         train_s,
     )
-    return StageResult(model, result, metrics)
+    return StageResult(model, result, metrics, val_y)
 
 
 @dataclass
@@ -435,6 +530,25 @@ class Setup:
     def provenance(self, **sections: Any) -> dict[str, Any]:
         shared = {"base": self.base, "data": self.data, "loss": self.loss}
         return {k: to_dict(v) for k, v in (shared | sections).items()}
+
+
+def fit_spec(
+    cfg: TrainHeadConfig | FinetuneConfig, setup: Setup, *, epochs: int, lr: float, seed: int
+) -> FitSpec:
+    return FitSpec(
+        epochs=epochs,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        select_metric=cfg.select_metric,
+        batch_size=setup.data.batch_size,
+        sampler=setup.data.sampler,
+        loss=setup.loss,
+        seed=seed,
+        schedule=cfg.schedule,
+        warmup_epochs=cfg.warmup_epochs,
+        ema_decay=cfg.ema_decay,
+        layer_lr_decay=getattr(cfg, "layer_lr_decay", 1.0),
+    )
 
 
 def prepare(params: dict[str, Any]) -> Setup:
