@@ -1,0 +1,322 @@
+"""Inference from the exported artifacts alone: an ONNX model and the `model_meta.json` beside it.
+
+Nothing here imports torch or the training code, so `pip install .[serve]` is enough to run it.
+The species list, preprocessing and decision thresholds all come from the metadata the exporter
+wrote, never from copies in this repo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from snakeid.preprocess import PreprocessSpec, preprocess
+from snakeid.taxa import Species
+from snakeid.utils import sha256_file
+
+_logger = logging.getLogger(__name__)
+
+META_FORMAT = "snakeid-model/1"
+META_FILENAME = "model_meta.json"
+DEFAULT_MODEL = Path("models/model_int8.onnx")
+DEFAULT_LOW_CONFIDENCE = 0.5  # top-1 probability under this -> low_confidence
+DEFAULT_VENOMOUS_THRESHOLD = 0.5  # summed venomous probability at or over this -> possibly_venomous
+
+
+class ModelMetaError(ValueError):
+    """`model_meta.json` is missing, malformed, or does not match the model."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    species: tuple[Species, ...]  # the model's output order
+    preprocess: PreprocessSpec
+    input_name: str = "input"
+    output_name: str = "logits"
+    backbone: str | None = None
+    image_size: int | None = None
+    params_digest: str | None = None
+    created_by: str | None = None
+    low_confidence_threshold: float | None = None
+    venomous_threshold: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "model_meta.json") -> ModelMeta:
+        """Validate the metadata the exporter wrote; errors name the file and the key."""
+        if not isinstance(raw, Mapping):
+            raise ModelMetaError(f"{source}: expected a JSON object")
+        if raw.get("format") != META_FORMAT:
+            raise ModelMetaError(
+                f"{source}: 'format' is {raw.get('format')!r}, this snakeid reads {META_FORMAT!r}"
+            )
+        species_raw = raw.get("species")
+        if not isinstance(species_raw, list) or not species_raw:
+            raise ModelMetaError(f"{source}: 'species' must be a non-empty list")
+        species = []
+        for i, item in enumerate(species_raw):
+            ok = (
+                isinstance(item, Mapping)
+                and isinstance(item.get("name"), str)
+                and isinstance(item.get("common"), str)
+                and isinstance(item.get("venomous"), bool)
+            )
+            if not ok:
+                raise ModelMetaError(
+                    f"{source}: species[{i}] must have string 'name' and 'common' and boolean "
+                    f"'venomous', got {item!r}"
+                )
+            species.append(
+                Species(item["name"], item["common"], item["venomous"], item.get("inat_id"))
+            )
+        try:
+            spec = PreprocessSpec.from_dict(raw.get("preprocess"))
+        except ValueError as e:
+            raise ModelMetaError(f"{source}: {e}") from e
+        image_size = raw.get("image_size")
+        if image_size is not None and image_size != spec.crop:
+            raise ModelMetaError(
+                f"{source}: image_size {image_size} differs from preprocess.crop {spec.crop}"
+            )
+        decision = raw.get("decision") or {}
+        if not isinstance(decision, Mapping):
+            raise ModelMetaError(f"{source}: 'decision' must be an object")
+        thresholds = {}
+        for key in ("low_confidence_threshold", "venomous_threshold"):
+            value = decision.get(key)
+            if value is not None:
+                try:
+                    thresholds[key] = _check_probability(value, f"{source}: decision.{key}")
+                except ValueError as e:
+                    raise ModelMetaError(str(e)) from e
+        for key in ("input_name", "output_name"):
+            if not isinstance(raw.get(key, ""), str):
+                raise ModelMetaError(f"{source}: '{key}' must be a string")
+        return cls(
+            species=tuple(species),
+            preprocess=spec,
+            input_name=raw.get("input_name", "input"),
+            output_name=raw.get("output_name", "logits"),
+            backbone=raw.get("backbone"),
+            image_size=image_size,
+            params_digest=raw.get("params_digest"),
+            created_by=raw.get("created_by"),
+            **thresholds,
+        )
+
+
+def _check_probability(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def default_meta_path(model_path: str | Path) -> Path:
+    """The metadata of `models/x.onnx` is `models/model_meta.json`."""
+    return Path(model_path).with_name(META_FILENAME)
+
+
+def load_meta(path: str | Path) -> ModelMeta:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMetaError(
+            f"model metadata not found: {path} (the exporter writes it beside the model; "
+            "pass --meta to use another file)"
+        )
+    with open(path) as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ModelMetaError(f"{path}: not valid JSON ({e})") from e
+    return ModelMeta.from_dict(raw, str(path))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    species: str
+    common_name: str
+    venomous: bool
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "species": self.species,
+            "common_name": self.common_name,
+            "venomous": self.venomous,
+            "probability": self.probability,
+        }
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    predictions: tuple[Prediction, ...]  # top-k, most probable first
+    low_confidence: bool  # top-1 probability under the threshold
+    possibly_venomous: bool  # summed probability of venomous species at or over the threshold
+    venomous_probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predictions": [p.to_dict() for p in self.predictions],
+            "low_confidence": self.low_confidence,
+            "possibly_venomous": self.possibly_venomous,
+            "venomous_probability": self.venomous_probability,
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64; subtracting the row max keeps large logits finite."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """One ONNX Runtime session plus the metadata that says how to feed it and read it.
+
+    Load once and share: `InferenceSession.run` is safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        meta_path: str | Path | None = None,
+        *,
+        threads: int = 0,
+        batch_size: int = 16,
+        low_confidence: float | None = None,
+        venomous_threshold: float | None = None,
+    ) -> None:
+        import onnxruntime as ort  # imported here so `--help` and meta checks stay fast
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"model not found: {self.model_path}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if threads < 0:
+            raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
+        self.meta = load_meta(meta_path or default_meta_path(self.model_path))
+        self.batch_size = batch_size
+        # An explicit argument wins, then the exporter's decision block, then the default.
+        self.low_confidence = _first(
+            low_confidence,
+            self.meta.low_confidence_threshold,
+            DEFAULT_LOW_CONFIDENCE,
+            "low_confidence",
+        )
+        self.venomous_threshold = _first(
+            venomous_threshold,
+            self.meta.venomous_threshold,
+            DEFAULT_VENOMOUS_THRESHOLD,
+            "venomous_threshold",
+        )
+        self.model_sha256 = sha256_file(self.model_path)
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._check_session()
+        self._venomous = np.array([s.venomous for s in self.meta.species])
+        _logger.info(
+            "loaded %s (%d species, sha256 %s)",
+            self.model_path,
+            len(self.species),
+            self.model_sha256[:12],
+        )
+
+    def _check_session(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.meta.input_name not in inputs or self.meta.output_name not in outputs:
+            raise ModelMetaError(
+                f"{self.model_path}: metadata names input {self.meta.input_name!r} and output "
+                f"{self.meta.output_name!r}, the model has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}"
+            )
+        n_out = outputs[self.meta.output_name].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.species):
+            raise ModelMetaError(
+                f"{self.model_path}: model has {n_out} outputs, "
+                f"metadata lists {len(self.species)} species"
+            )
+
+    @property
+    def species(self) -> tuple[Species, ...]:
+        return self.meta.species
+
+    def info(self) -> dict[str, Any]:
+        """What a response says about the model that produced it."""
+        return {
+            "file": self.model_path.name,
+            "sha256": self.model_sha256,
+            "backbone": self.meta.backbone,
+            "image_size": self.meta.preprocess.crop,
+            "n_species": len(self.species),
+            "params_digest": self.meta.params_digest,
+            "created_by": self.meta.created_by,
+            "low_confidence_threshold": self.low_confidence,
+            "venomous_threshold": self.venomous_threshold,
+        }
+
+    def check_top_k(self, top_k: int) -> int:
+        if not 1 <= top_k <= len(self.species):
+            raise ValueError(
+                f"top-k must be between 1 and {len(self.species)} (the model's species), "
+                f"got {top_k}"
+            )
+        return top_k
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) float32 -> class probabilities (N, n_species)."""
+        (logits,) = self.session.run([self.meta.output_name], {self.meta.input_name: batch})
+        return softmax(logits)
+
+    def predict_images(self, images: Sequence[Image.Image], top_k: int = 3) -> list[ImageResult]:
+        """Top-k results for each image, in input order."""
+        return self.predict_arrays([preprocess(im, self.meta.preprocess) for im in images], top_k)
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = 3) -> list[ImageResult]:
+        """Like `predict_images` for already preprocessed (3, S, S) arrays; one ONNX call per
+        `batch_size` of them."""
+        self.check_top_k(top_k)
+        results: list[ImageResult] = []
+        for start in range(0, len(arrays), self.batch_size):
+            batch = np.stack(arrays[start : start + self.batch_size]).astype(np.float32, copy=False)
+            results.extend(self.summarise(row, top_k) for row in self.probabilities(batch))
+        return results
+
+    def summarise(self, probs: np.ndarray, top_k: int) -> ImageResult:
+        """One row of probabilities -> top-k predictions and the two decision flags."""
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        predictions = tuple(
+            Prediction(
+                species=self.species[i].name,
+                common_name=self.species[i].common,
+                venomous=self.species[i].venomous,
+                probability=float(probs[i]),
+            )
+            for i in order
+        )
+        venomous_p = float(probs[self._venomous].sum())
+        return ImageResult(
+            predictions=predictions,
+            low_confidence=predictions[0].probability < self.low_confidence,
+            possibly_venomous=venomous_p >= self.venomous_threshold,
+            venomous_probability=venomous_p,
+        )
+
+
+def _first(explicit: float | None, from_meta: float | None, default: float, what: str) -> float:
+    if explicit is not None:
+        return _check_probability(explicit, what)
+    return from_meta if from_meta is not None else default

@@ -1,0 +1,218 @@
+"""HTTP service: one `Predictor` (one ONNX Runtime session) shared by every request.
+
+`create_app` builds the FastAPI app; `snakeid serve` runs it under uvicorn. Routes:
+`POST /predict` (multipart `file`), `GET /species`, `GET /health`, `GET /` (a self-contained
+page) and FastAPI's `/docs`. Bad uploads get a 4xx with a message a person can act on; the
+process never has to decode more bytes or pixels than the configured limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from snakeid import __version__
+from snakeid.predict import Predictor
+from snakeid.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    CorruptImage,
+    ImageTooLarge,
+    NotAnImage,
+    UnreadableImage,
+    load_image,
+    set_pixel_limit,
+)
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Room for the multipart boundary and part headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class PredictionOut(BaseModel):
+    species: str
+    common_name: str
+    venomous: bool
+    probability: float
+
+
+class PredictOut(BaseModel):
+    predictions: list[PredictionOut]
+    low_confidence: bool
+    possibly_venomous: bool
+    venomous_probability: float
+    model: dict[str, Any]
+
+
+class SpeciesOut(BaseModel):
+    species: str
+    common_name: str
+    venomous: bool
+
+
+class SpeciesListOut(BaseModel):
+    count: int
+    species: list[SpeciesOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    model_loaded: bool
+    model_sha256: str
+    model: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `limit` bytes on one path, with a 413.
+
+    Content-Length is checked before anything is read; a body without one (chunked) is counted as
+    it streams in, so an oversize upload is never stored whole, in memory or on disk.
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str, limit: int, message: str) -> None:
+        self.app, self.path, self.limit, self.message = app, path, limit, message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"detail": self.message}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI re-raises HTTPExceptions from body parsing, so this becomes a 413.
+                    raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+def create_app(
+    model_path: str | Path,
+    meta_path: str | Path | None = None,
+    *,
+    top_k: int = 3,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    low_confidence: float | None = None,
+    venomous_threshold: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    threads: int = 0,
+) -> FastAPI:
+    """Load the model once and return the app that serves it."""
+    if max_upload_bytes < 1:
+        raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    predictor = Predictor(
+        model_path,
+        meta_path,
+        threads=threads,
+        low_confidence=low_confidence,
+        venomous_threshold=venomous_threshold,
+    )
+    predictor.check_top_k(top_k)
+    set_pixel_limit(max_pixels)
+    page = resources.files("snakeid").joinpath("static/index.html").read_text(encoding="utf-8")
+    too_large = f"upload is larger than the {_megabytes(max_upload_bytes)} limit"
+
+    app = FastAPI(
+        title="snakeid",
+        version=__version__,
+        description=(
+            "Snake species from a photo. A machine guess, not an identification: "
+            "never handle a snake, and treat any bite as an emergency."
+        ),
+    )
+    app.state.predictor = predictor
+
+    app.add_middleware(
+        BodyLimit, path="/predict", limit=max_upload_bytes + MULTIPART_OVERHEAD, message=too_large
+    )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health", response_model=HealthOut)
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "model_sha256": predictor.model_sha256,
+            "model": predictor.info(),
+        }
+
+    @app.get("/species", response_model=SpeciesListOut)
+    def species() -> dict[str, Any]:
+        items = [
+            {"species": s.name, "common_name": s.common, "venomous": s.venomous}
+            for s in predictor.species
+        ]
+        return {"count": len(items), "species": items}
+
+    errors = {
+        413: {"model": ErrorOut, "description": "Upload or image too large"},
+        415: {"model": ErrorOut, "description": "Not an image"},
+        422: {"description": "Image could not be decoded, or no file"},
+    }
+
+    # A sync endpoint: FastAPI runs it in its threadpool, so decoding and the ONNX call never
+    # block the event loop. `BodyLimit` has already refused a body much over the limit; this
+    # checks the file part itself exactly.
+    @app.post(
+        "/predict",
+        response_model=PredictOut,
+        responses=errors,
+        form_limits={"max_files": 1, "max_fields": 8},
+    )
+    def predict(
+        file: Annotated[UploadFile, File(description="A photo (JPEG, PNG, WebP, ...)")],
+    ) -> dict[str, Any]:
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, too_large)
+        if not data:
+            raise HTTPException(422, "the uploaded file is empty")
+        try:
+            image = load_image(data, max_pixels=max_pixels)
+        except ImageTooLarge as e:
+            raise HTTPException(413, str(e)) from e
+        except NotAnImage as e:
+            raise HTTPException(415, str(e)) from e
+        except (CorruptImage, UnreadableImage) as e:
+            raise HTTPException(422, str(e)) from e
+        result = predictor.predict_images([image], top_k)[0]
+        _logger.info(
+            "%s -> %s %.3f",
+            file.filename,
+            result.predictions[0].species,
+            result.predictions[0].probability,
+        )
+        return {**result.to_dict(), "model": predictor.info()}
+
+    return app
