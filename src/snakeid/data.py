@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from snakeid.config import spec
+from snakeid.images import open_rgb
 from snakeid.manifest import read_manifest
 from snakeid.taxa import Species
 
@@ -100,8 +101,7 @@ def eval_transform(size: int) -> T.Compose:
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image the way every consumer does: EXIF orientation applied, RGB."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return open_rgb(im)
 
 
 class SplitDataset(Dataset):

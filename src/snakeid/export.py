@@ -14,6 +14,7 @@ import torch
 from snakeid import __version__
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
+from snakeid.predict import META_FORMAT
 from snakeid.stage import UserError
 from snakeid.taxa import Species
 from snakeid.utils import sha256_json
@@ -21,7 +22,6 @@ from snakeid.utils import sha256_json
 _logger = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-META_FORMAT = "snakeid-model/1"
 
 
 @dataclass(frozen=True)

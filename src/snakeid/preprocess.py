@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from snakeid.images import open_rgb
 
 # Same value as `verify.max_pixels` in params.yaml: training never saw a bigger photo either.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -200,10 +202,8 @@ def _bomb_message(max_pixels: int | None) -> str:
 
 
 def to_rgb(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
-    """EXIF orientation (if the spec asks) and RGB, as `snakeid.data.load_rgb` does."""
-    if spec.exif_transpose and image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """EXIF orientation (if the spec asks) and RGB, exactly as `snakeid.data.load_rgb` does."""
+    return open_rgb(image, exif_transpose=spec.exif_transpose)
 
 
 def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

@@ -52,6 +52,7 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from snakeid.config import spec
+from snakeid.images import to_rgb
 from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, write_manifest
 from snakeid.stage import UserError
 from snakeid.taxa import Species, normalise_name
@@ -162,52 +163,6 @@ def _pillow_guard(max_pixels: int) -> Iterator[None]:
             yield
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_max, old_truncated
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    rgba = im.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert(
-        "RGB"
-    )
-
-
-def _to_uint8(a: np.ndarray, full_scale: float | None) -> np.ndarray:
-    """Map a high-bit-depth channel to 0..255 by its nominal range (or its own range if none)."""
-    a = a.astype(np.float64)
-    if full_scale is None:  # unknown range: stretch what is there
-        lo, hi = float(a.min()), float(a.max())
-        a, full_scale = a - lo, (hi - lo) or 1.0
-    return np.clip(np.rint(a * (255.0 / full_scale)), 0, 255).astype(np.uint8)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB the way a person would see it.
-
-    Transparency (alpha, or a palette's transparent index) is composited on white, not dropped
-    (which would show whatever colour hides under transparent pixels, often black). 16-bit
-    greyscale is scaled by 255/65535 rather than clipped at 255 (Pillow's `convert` clips, which
-    turns most 16-bit photos white). 32-bit `I` images are read as 8-bit if every value fits, else
-    as 16-bit if every value fits, else stretched; float `F` images as 0..1 if they fit, else
-    stretched. ICC profiles are not applied. An RGB image is returned as is, not copied.
-    """
-    mode = im.mode
-    if mode == "RGB" and "transparency" not in im.info:
-        return im
-    if mode.startswith("I;16"):
-        grey = _to_uint8(np.asarray(im), 65535.0)
-    elif mode == "I":
-        a = np.asarray(im)
-        lo, hi = int(a.min()), int(a.max())
-        scale = 255.0 if lo >= 0 and hi <= 255 else 65535.0 if lo >= 0 and hi <= 65535 else None
-        grey = _to_uint8(a, scale)
-    elif mode == "F":
-        a = np.asarray(im)
-        grey = _to_uint8(a, 1.0 if a.min() >= 0 and a.max() <= 1 else None)
-    elif mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        return _on_white(im)  # also P, L and RGB with a transparent index or colour
-    else:  # L, 1, P, CMYK, YCbCr, ...: Pillow's conversion is right for these
-        return im.convert("RGB")
-    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def decode_rgb(path: str | Path, max_pixels: int) -> Image.Image:
