@@ -7,7 +7,7 @@ from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
 from snakeid.models import load_checkpoint, save_checkpoint
 from snakeid.stage import run_stage
-from snakeid.train import FinetuneConfig, TrainHeadConfig, fit_spec, prepare, train_tail
+from snakeid.train import FinetuneConfig, TrainHeadConfig, fit_spec, load_caches, prepare, train_tail
 from snakeid.utils import write_csv, write_json
 
 
@@ -15,6 +15,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--split", type=Path, required=True, help="directory with train/val/test.csv")
     ap.add_argument("--head", type=Path, required=True, help="checkpoint from train_head")
+    ap.add_argument("--features", type=Path, required=True, help="train_head's feature cache")
     ap.add_argument("--model-out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--plot", type=Path, required=True, help="per-epoch curves (CSV)")
@@ -34,16 +35,17 @@ def main() -> None:
         lr=head_cfg.lr * cfg.lr_scale,
         seed=setup.base.seed + 1,  # a different epoch order from the head stage
     )
-    result = train_tail(
-        model,
-        cfg.unfreeze_blocks,
+    caches = load_caches(
+        args.features,
         split_dir=args.split,
-        species=setup.species,
         base=setup.base,
         data=setup.data,
-        fit=fit,
-        stage="finetune",
+        cut=model.cut(cfg.unfreeze_blocks),
     )
+    result = train_tail(
+        model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,
+        stage="finetune",
+    )  # fmt: skip
     calibration = calibrate_on_val(
         result.fit.val_logits,
         result.val_labels,

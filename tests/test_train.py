@@ -6,7 +6,15 @@ from snakeid.config import BaseConfig
 from snakeid.data import DataConfig
 from snakeid.models import ModelConfig, build_model
 from snakeid.stage import UserError
-from snakeid.train import FitSpec, LossConfig, check_imbalance_options, class_weights, train_tail
+from snakeid.train import (
+    FitSpec,
+    LossConfig,
+    cache_features,
+    check_imbalance_options,
+    class_weights,
+    load_caches,
+    train_tail,
+)
 from training_data import SPECIES, make_split
 
 BASE = BaseConfig(image_size=64, device="cpu", seed=3)
@@ -34,6 +42,16 @@ def split_dir(tmp_path_factory):
     return make_split(tmp_path_factory.mktemp("data"))
 
 
+def _train(model, unfreeze, split_dir, fit, cache_at=None, tmp=None):
+    """Cache features where `cache_at` trainable blocks would begin, then train `unfreeze`."""
+    cut = model.cut(unfreeze if cache_at is None else cache_at)
+    caches = cache_features(
+        model, cut, tmp or split_dir.parent / "features", split_dir=split_dir, species=SPECIES,
+        base=BASE, data=DATA,
+    )  # fmt: skip
+    return train_tail(model, unfreeze, caches, base=BASE, data=DATA, fit=fit, stage="t")
+
+
 def _model():
     torch.manual_seed(0)
     return build_model("efficientnet_lite0", len(SPECIES), ModelConfig())
@@ -46,16 +64,7 @@ def _snapshot(model, prefix=""):
 def test_head_training_lowers_the_loss_and_freezes_the_backbone(split_dir):
     model = _model()
     before = _snapshot(model)
-    result = train_tail(
-        model,
-        0,
-        split_dir=split_dir,
-        species=SPECIES,
-        base=BASE,
-        data=DATA,
-        fit=_fit(epochs=6),
-        stage="t",
-    )
+    result = _train(model, 0, split_dir, _fit(epochs=6))
     losses = [r["train_loss"] for r in result.fit.history]
     assert losses[-1] < losses[0]
     after = model.state_dict()
@@ -70,16 +79,7 @@ def test_finetune_changes_only_the_unfrozen_blocks_and_classifier(split_dir):
     model = _model()
     before = _snapshot(model)
     n = len(model.features)
-    train_tail(
-        model,
-        2,
-        split_dir=split_dir,
-        species=SPECIES,
-        base=BASE,
-        data=DATA,
-        fit=_fit(epochs=2),
-        stage="t",
-    )
+    _train(model, 2, split_dir, _fit(epochs=2))
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     allowed = (f"features.{n - 1}.", f"features.{n - 2}.", "classifier.")
@@ -91,16 +91,7 @@ def test_finetune_changes_only_the_unfrozen_blocks_and_classifier(split_dir):
 
 def test_training_is_deterministic(split_dir):
     runs = [
-        train_tail(
-            _model(),
-            1,
-            split_dir=split_dir,
-            species=SPECIES,
-            base=BASE,
-            data=DATA,
-            fit=_fit(epochs=2),
-            stage="t",
-        ).metrics
+        _train(_model(), 1, split_dir, _fit(epochs=2)).metrics
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
@@ -129,14 +120,22 @@ def test_balanced_sampler_and_weights_train(split_dir):
         _fit(epochs=2, sampler="balanced"),
         _fit(epochs=2, loss=LossConfig(class_weighting="sqrt_inverse", label_smoothing=0.1)),
     ):
-        r = train_tail(
-            _model(),
-            0,
-            split_dir=split_dir,
-            species=SPECIES,
-            base=BASE,
-            data=DATA,
-            fit=fit,
-            stage="t",
-        )
+        r = _train(_model(), 0, split_dir, fit)
         assert np.isfinite(r.metrics["train_loss"])
+
+
+def test_head_and_finetune_share_one_feature_cache(split_dir, tmp_path):
+    """train_head caches at finetune's cut; finetune reuses it; stale caches are refused."""
+    model = _model()
+    before = _snapshot(model)
+    head = _train(model, 0, split_dir, _fit(epochs=2), cache_at=1, tmp=tmp_path)
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    caches = load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.cut(1))
+    ft = train_tail(model, 1, caches, base=BASE, data=DATA, fit=_fit(epochs=2), stage="t")
+    assert ft.metrics["n_train"] == head.metrics["n_train"]
+    with pytest.raises(UserError, match="re-run train_head"):
+        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.cut(2))
+    with pytest.raises(UserError, match="re-run train_head"):
+        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DataConfig(batch_size=8, views=3),
+                    cut=model.cut(1))  # fmt: skip

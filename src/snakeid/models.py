@@ -92,6 +92,24 @@ class SnakeNet(nn.Module):
         )
         return self.features[:cut], tail
 
+    def cut(self, unfreeze_blocks: int) -> int:
+        """Index in `features` where `unfreeze_blocks` trainable blocks begin."""
+        n = len(self.features)
+        if not 0 <= unfreeze_blocks < n:
+            raise UserError(f"finetune.unfreeze_blocks must be in 0..{n - 1} for this backbone")
+        return n - unfreeze_blocks
+
+    def frozen_between(self, cut: int, unfreeze_blocks: int) -> nn.Module | None:
+        """Frozen modules from `features[cut]` up to the trainable tail (None if there are none)."""
+        end = self.cut(unfreeze_blocks)
+        if cut > end:
+            raise UserError(
+                f"cached features start at block {cut}, after the first trainable block {end}"
+            )
+        if unfreeze_blocks == 0:
+            return _Chain(blocks=self.features[cut:], pool=self.pool, neck=self.neck)
+        return self.features[cut:end] if cut < end else None
+
     def trainable_parameters(self, unfreeze_blocks: int) -> list[nn.Parameter]:
         """Parameters trained when `unfreeze_blocks` feature blocks are unfrozen (0 = head only)."""
         return [p for _, p in self.named_trainable(unfreeze_blocks)]

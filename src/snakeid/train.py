@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import tempfile
@@ -35,7 +36,8 @@ from snakeid.metrics import balanced_accuracy, macro_f1
 from snakeid.models import SnakeNet
 from snakeid.stage import UserError
 from snakeid.taxa import Species, load_species
-from snakeid.utils import resolve_device, seed_everything, set_threads, worker_seed
+from snakeid.manifest import read_manifest
+from snakeid.utils import resolve_device, seed_everything, set_threads, worker_seed, write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -152,6 +154,31 @@ class FeatureCache:
     def __init__(self, directory: Path, name: str):
         self.path = directory / f"{name}.npy"
         self.array: np.ndarray | None = None
+        self.seconds, self.images_per_s = 0.0, float("nan")
+
+    @classmethod
+    def open(cls, directory: Path, name: str) -> FeatureCache:
+        cache = cls(directory, name)
+        cache.array = np.load(cache.path, mmap_mode="r")
+        return cache
+
+    @torch.inference_mode()
+    def mapped(self, module: nn.Module, directory: Path, name: str, device: str) -> FeatureCache:
+        """A new cache holding `module` (frozen, eval mode) applied to every view of this one."""
+        assert self.array is not None
+        module.eval()
+        out = FeatureCache(directory, name)
+        views, n = self.array.shape[:2]
+        for v in range(views):
+            for i in range(0, n, 256):
+                idx = np.arange(i, min(n, i + 256))
+                y = module(self.batch(np.full(len(idx), v), idx).to(device)).float().cpu().numpy()
+                if out.array is None:
+                    out.array = np.lib.format.open_memmap(
+                        out.path, mode="w+", dtype=np.float16, shape=(views, n, *y.shape[1:])
+                    )
+                out.array[v, idx] = y.astype(np.float16)
+        return out
 
     def fill(
         self,
@@ -406,9 +433,24 @@ class StageResult:
     val_labels: np.ndarray
 
 
+FEATURES_META = "features.json"
+
+
+@dataclass
+class Caches:
+    """Frozen features of the train (several augmented views) and val (one eval view) photos,
+    taken after `features[:cut]`, with their labels."""
+
+    train: FeatureCache
+    val: FeatureCache
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    cut: int
+
+
 def _split_data(
     split_dir: Path, species: Sequence[Species], image_size: int, data: DataConfig
-) -> tuple[Any, Any]:
+) -> tuple[SplitDataset, SplitDataset]:
     augment = train_transform(image_size, augment=data.augment, random_erasing=data.random_erasing)
     train = SplitDataset.from_csv(split_dir / "train.csv", species, augment)
     val = SplitDataset.from_csv(split_dir / "val.csv", species, eval_transform(image_size))
@@ -417,77 +459,141 @@ def _split_data(
     return train, val
 
 
-def train_tail(
+def _cache_key(base: BaseConfig, data: DataConfig, cut: int) -> dict[str, Any]:
+    return {
+        "cut": cut,
+        "backbone": base.backbone,
+        "image_size": base.image_size,
+        "seed": base.seed,
+        "views": data.views,
+        "augment": data.augment,
+        "random_erasing": data.random_erasing,
+    }
+
+
+def cache_features(
     model: SnakeNet,
-    unfreeze_blocks: int,
+    cut: int,
+    out_dir: Path,
     *,
     split_dir: Path,
     species: Sequence[Species],
     base: BaseConfig,
     data: DataConfig,
+) -> Caches:
+    """Run the frozen `features[:cut]` once over every train view and val photo; save to disk.
+
+    `cut` is where the fine-tuning stage's trainable blocks begin, so both training stages train
+    on these same features (the head stage passes them through the remaining frozen blocks).
+    """
+    device = resolve_device(base.device)
+    model.to(device).to(memory_format=torch.channels_last).eval()
+    train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*"):
+        old.unlink()
+    prefix = model.features[:cut]
+    common = dict(batch_size=data.batch_size, workers=data.workers, device=device)
+    train = FeatureCache(out_dir, "train")
+    train.fill(prefix, train_ds, views=data.views, seed=base.seed, desc="train features", **common)
+    val = FeatureCache(out_dir, "val")
+    val.fill(prefix, val_ds, views=1, seed=base.seed, desc="val features", **common)
+    model.to("cpu").to(memory_format=torch.contiguous_format)
+    meta = _cache_key(base, data, cut) | {
+        "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
+        "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
+        "train_labels": train_ds.labels,
+        "val_labels": val_ds.labels,
+        "seconds": round(train.seconds + val.seconds, 2),
+        "images_per_s": round(train.images_per_s, 2),
+    }
+    write_json(out_dir / FEATURES_META, meta)
+    return Caches(train, val, np.array(train_ds.labels), np.array(val_ds.labels), cut)
+
+
+def load_caches(
+    out_dir: Path, *, split_dir: Path, base: BaseConfig, data: DataConfig, cut: int
+) -> Caches:
+    """Open features saved by `cache_features`; refuse them if they no longer fit."""
+    path = out_dir / FEATURES_META
+    if not path.exists():
+        raise UserError(f"{path} not found: run the train_head stage first")
+    meta = json.loads(path.read_text())
+    want = _cache_key(base, data, cut)
+    stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    for split in ("train", "val"):
+        ids = [r["photo_id"] for r in read_manifest(split_dir / f"{split}.csv")]
+        if ids != meta[f"{split}_photo_ids"]:
+            stale[f"{split} photos"] = ("cached", "changed")
+    if stale:
+        raise UserError(
+            f"features in {out_dir} were cached for other settings ({stale}); re-run train_head"
+        )
+    return Caches(
+        FeatureCache.open(out_dir, "train"),
+        FeatureCache.open(out_dir, "val"),
+        np.array(meta["train_labels"]),
+        np.array(meta["val_labels"]),
+        cut,
+    )
+
+
+def train_tail(
+    model: SnakeNet,
+    unfreeze_blocks: int,
+    caches: Caches,
+    *,
+    base: BaseConfig,
+    data: DataConfig,
     fit: FitSpec,
     stage: str,
 ) -> StageResult:
-    """Cache frozen-prefix features of the split, train the tail, return the best model."""
+    """Train the last `unfreeze_blocks` blocks and the classifier on cached features.
+
+    Frozen blocks between the cache and the trainable tail run once over the cache, not once
+    per epoch. Returns the model with its best epoch's weights.
+    """
     check_imbalance_options(data, fit.loss)
     device = resolve_device(base.device)
-    model.to(device).to(memory_format=torch.channels_last)
-    train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
-    prefix, tail = model.split(unfreeze_blocks)
+    model.to(device)
+    middle = model.frozen_between(caches.cut, unfreeze_blocks)
+    _, tail = model.split(unfreeze_blocks)
     params = model.trainable_parameters(unfreeze_blocks)
     freeze_all_but(model, params)
     groups = model.param_groups(unfreeze_blocks, fit.lr, fit.layer_lr_decay)
-    train_y, val_y = np.array(train_ds.labels), np.array(val_ds.labels)
+    train_y, val_y = caches.train_labels, caches.val_labels
     labels = np.unique(val_y)
+    bar = tqdm(total=fit.epochs, desc=f"{stage}: epochs", unit="epoch")
+
+    def progress(row: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.3f}",
+            val_f1=f"{row['val_macro_f1']:.3f}",
+            img_s=f"{row['images_per_s']:.0f}",
+        )
+
     with cache_dir() as tmp:
-        train_cache, val_cache = FeatureCache(Path(tmp), "train"), FeatureCache(Path(tmp), "val")
-        common = dict(batch_size=data.batch_size, workers=data.workers, device=device)
-        train_cache.fill(
-            prefix,
-            train_ds,
-            views=data.views,
-            seed=base.seed,
-            desc=f"{stage}: train features",
-            **common,
-        )
-        val_cache.fill(
-            prefix, val_ds, views=1, seed=base.seed, desc=f"{stage}: val features", **common
-        )
-        bar = tqdm(total=fit.epochs, desc=f"{stage}: epochs", unit="epoch")
-
-        def progress(row: dict[str, float]) -> None:
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}",
-                val_f1=f"{row['val_macro_f1']:.3f}",
-                img_s=f"{row['images_per_s']:.0f}",
-            )
-
+        train, val = caches.train, caches.val
+        if middle is not None:
+            train = train.mapped(middle, Path(tmp), "train", device)
+            val = val.mapped(middle, Path(tmp), "val", device)
         result = fit_tail(
-            model,
-            tail,
-            groups,
-            train_cache,
-            train_y,
-            val_cache,
-            val_y,
-            labels,
-            fit,
-            device=device,
-            on_epoch=progress,
-        )
-        bar.close()
-        extract_s = train_cache.seconds + val_cache.seconds
+            model, tail, groups, train, train_y, val, val_y, labels, fit,
+            device=device, on_epoch=progress,
+        )  # fmt: skip
+    bar.close()
     model.load_state_dict(result.state_dict)
-    model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    train_s = sum(r["seconds"] for r in result.history)
+    model.to("cpu").eval()
     _logger.info(
-        "%s: best epoch %d, val %s %.4f",
+        "%s: best epoch %d, val %s %.4f, %.1fs training",
         stage,
         result.best_epoch,
         fit.select_metric,
         result.best[f"val_{fit.select_metric}"],
+        sum(r["seconds"] for r in result.history),
     )
+    # No timings in the metrics: `dvc repro --force` twice must give identical metrics files.
     metrics = {
         "best_epoch": result.best_epoch,
         "epochs": fit.epochs,
@@ -497,24 +603,15 @@ def train_tail(
         "val_balanced_accuracy": result.best["val_balanced_accuracy"],
         "val_loss": result.best["val_loss"],
         "train_loss": result.best["train_loss"],
-        "n_train": len(train_ds),
-        "n_val": len(val_ds),
-        "views": data.views,
+        "n_train": len(train_y),
+        "n_val": len(val_y),
+        "views": caches.train.views,
         "unfreeze_blocks": unfreeze_blocks,
         "trainable_parameters": sum(p.numel() for p in params),
         "backbone": base.backbone,
         "image_size": base.image_size,
         "device": device,
     }
-    # Timings go to the log and the per-epoch CSV, not the metrics: `dvc repro --force` twice
-    # must give identical metrics files.
-    _logger.info(
-        "%s: features %.1fs (%.1f img/s), training %.1fs",
-        stage,
-        extract_s,
-        train_cache.images_per_s,
-        train_s,
-    )
     return StageResult(model, result, metrics, val_y)
 
 
