@@ -1,0 +1,37 @@
+# snakeid: `make repro` builds everything, `make test` checks everything. `make help` lists targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Stage commands call `python` and `dvc`: run them from the project's virtualenv.
+RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
+
+.PHONY: help install install-test repro test lint format bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pinned requirements and the package
+
+install-test: $(VENV)/.installed-test ## install plus the test extras
+
+repro: install ## install, then run the whole pipeline (dvc repro)
+	$(RUN) dvc repro
+
+test: install-test ## install with test extras, then run the whole test suite
+	$(RUN) python -m pytest
+
+lint: install-test ## ruff lint and format check
+	$(RUN) ruff check . && $(RUN) ruff format --check .
+
+format: install-test ## apply ruff fixes and formatting
+	$(RUN) ruff check --fix . && $(RUN) ruff format .
