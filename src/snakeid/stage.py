@@ -25,7 +25,8 @@ class UserError(Exception):
     """Bad input the user can fix; library code raises it with a message that says how."""
 
 
-# Exceptions that mean "your input is wrong", never "the code is wrong".
+# Exceptions that mean "your input is wrong". A missing file is nearly always a path in
+# params.yaml or an earlier stage not yet run; the message names it.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
     ParamsError,
