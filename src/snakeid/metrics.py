@@ -107,7 +107,7 @@ def bootstrap_intervals(
     resamples: int,
     seed: int,
     level: float = 0.95,
-) -> dict[str, list[float]]:
+) -> dict[str, dict[str, float]]:
     """Percentile bootstrap intervals for accuracy and macro-F1 (photos drawn with replacement)."""
     rng = np.random.default_rng(seed)
     n = len(y_true)
@@ -117,7 +117,8 @@ def bootstrap_intervals(
         acc[i] = (y_true[idx] == y_pred[idx]).mean()
         f1[i] = macro_f1(y_true[idx], y_pred[idx], labels)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    # {low, high} rather than a list: `dvc metrics show/diff` only shows numbers.
     return {
-        "accuracy_ci95": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
-        "macro_f1_ci95": [float(np.percentile(f1, lo)), float(np.percentile(f1, hi))],
+        f"{name}_ci95": {"low": float(np.percentile(v, lo)), "high": float(np.percentile(v, hi))}
+        for name, v in (("accuracy", acc), ("macro_f1", f1))
     }

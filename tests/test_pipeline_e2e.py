@@ -1,0 +1,198 @@
+"""End to end: the real `dvc repro` of all eight stages on shrunk params in a temp git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtualenv running the tests has dvc and python
+
+# Small enough to run in about a minute, large enough that every stage has real work.
+SHRUNK = {
+    "base": {"image_size": 96},
+    "download": {"demo": {"observations_common": 6, "observations_rare": 3}},
+    "data": {"views": 1, "batch_size": 16},
+    "train_head": {"epochs": 2},
+    "finetune": {"epochs": 1},
+    "evaluate": {"bootstrap": 100},
+    "quantize": {
+        "calibration_images": 8,
+        "latency_runs": 2,
+        "min_agreement": 0.0,  # a 2-epoch model is too uncertain to demand INT8 agreement
+        "max_accuracy_drop": 1.0,
+    },
+}
+
+EVALUATE_KEYS = {
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_precision",
+    "macro_recall",
+    "top3_accuracy",
+    "venomous_to_harmless_rate",
+    "harmless_to_venomous_rate",
+    "ece",
+    "n_test",
+    "accuracy_ci95",
+    "macro_f1_ci95",
+    "per_species",
+}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(a.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and p.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the repository's tracked files, as a fresh git repo with shrunk params."""
+    root = tmp_path_factory.mktemp("e2e") / "snakeid"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, SHRUNK), sort_keys=False))
+    for f in ("dvc.lock",):
+        (root / f).unlink(missing_ok=True)
+    for d in ("metrics", "plots"):
+        for f in (root / d).glob("*"):
+            if f.is_file() and f.name != ".gitkeep":
+                f.unlink()
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
+    first = run(["dvc", "repro"], root)
+    root.joinpath("first_repro.log").write_text(first.stdout)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], root)
+    return root
+
+
+@pytest.mark.slow
+def test_all_eight_stages_ran(project):
+    assert ran_stages((project / "first_repro.log").read_text()) == {
+        "download",
+        "verify",
+        "split",
+        "train_head",
+        "finetune",
+        "evaluate",
+        "export_onnx",
+        "quantize",
+    }
+    for out in (
+        "models/head.pt",
+        "models/model_final.pt",
+        "models/model_fp32.onnx",
+        "models/model_int8.onnx",
+        "models/model_meta.json",
+        "plots/confusion_matrix.png",
+    ):
+        assert (project / out).is_file(), out
+
+
+@pytest.mark.slow
+def test_nothing_to_do_after_repro(project):
+    status = run(["dvc", "status"], project).stdout
+    assert "up to date" in status, status
+    again = run(["dvc", "repro"], project).stdout
+    assert ran_stages(again) == set(), again
+
+
+@pytest.mark.slow
+def test_metrics_show_has_the_review_keys(project):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    data = next(iter(shown.values()))["data"]
+    ev = data["metrics/evaluate.json"]["data"]
+    assert set(ev) >= EVALUATE_KEYS, EVALUATE_KEYS - set(ev)
+    for name in ("verify", "split", "train_head", "finetune", "export_onnx", "quantize"):
+        assert f"metrics/{name}.json" in data, name
+
+
+@pytest.mark.slow
+def test_plots_show_writes_html(project, tmp_path):
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "confusion" in html and "val_macro_f1" in html
+
+
+@pytest.mark.slow
+def test_onnx_models_agree_with_pytorch_on_test_photos(project):
+    import onnxruntime as ort
+    import torch
+
+    sys.path.insert(0, str(REPO / "src"))
+    from snakeid.data import eval_transform, load_rgb
+    from snakeid.manifest import read_manifest
+    from snakeid.models import ModelConfig, deployed, load_checkpoint
+
+    net, ckpt = load_checkpoint(project / "models/model_final.pt")
+    model = deployed(net, ckpt, ModelConfig())  # with the val-fitted temperature, as exported
+    meta = json.loads((project / "models/model_meta.json").read_text())
+    rows = read_manifest(project / "data/split/test.csv")
+    tf = eval_transform(meta["image_size"])
+    x = torch.stack([tf(load_rgb(project / r["path"])) for r in rows])
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    fp32 = ort.InferenceSession(str(project / "models/model_fp32.onnx"))
+    got = fp32.run(["logits"], {"input": x.numpy()})[0]
+    assert np.abs(got - ref).max() < 1e-3
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    int8 = ort.InferenceSession(str(project / "models/model_int8.onnx"))
+    q = int8.run(["logits"], {"input": x.numpy()})[0]
+    assert q.shape == ref.shape and np.isfinite(q).all()
+    quant = json.loads((project / "metrics/quantize.json").read_text())
+    assert quant["top1_agreement"] == pytest.approx((q.argmax(1) == got.argmax(1)).mean())
+
+
+@pytest.mark.slow
+def test_changing_split_params_reruns_from_split(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["split"] = {"train": 0.6, "val": 0.2, "test": 0.2}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro", "split"], project).stdout
+    assert ran_stages(out) == {"split"}, out
+    run(["git", "checkout", "params.yaml"], project)
+    run(["dvc", "checkout"], project)
+
+
+@pytest.mark.slow
+def test_exp_run_reruns_from_the_changed_stage(project):
+    out = run(["dvc", "exp", "run", "-S", "finetune.lr_scale=0.3"], project).stdout
+    assert ran_stages(out) == {"finetune", "evaluate", "export_onnx", "quantize"}, out
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert shown
