@@ -196,3 +196,27 @@ def test_exp_run_reruns_from_the_changed_stage(project):
     assert ran_stages(out) == {"finetune", "evaluate", "export_onnx", "quantize"}, out
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert shown
+
+
+@pytest.mark.slow
+def test_independent_script_reproduces_int8_predictions(project):
+    """Only onnxruntime, numpy, Pillow and model_meta.json: same predictions as `quantize`."""
+    out = run([sys.executable, str(REPO / "bench/reproduce_int8.py")], project).stdout
+    n = len((project / "plots/predictions_int8.csv").read_text().splitlines()) - 1
+    assert f"{n}/{n} test photos" in out, out
+
+
+@pytest.mark.slow
+def test_snakeid_predict_matches_the_reported_int8_predictions(project):
+    """`snakeid predict` on the test photos prints what `quantize` reported for them."""
+    import csv
+
+    reported = {
+        r["path"]: r["predicted"]
+        for r in csv.DictReader(open(project / "plots/predictions_int8.csv"))
+    }
+    out = run(
+        [str(BIN / "snakeid"), "predict", *reported, "--top-k", "1", "--format", "csv"], project
+    ).stdout
+    printed = {r["path"]: r["species"] for r in csv.DictReader(out.splitlines())}
+    assert printed == reported
