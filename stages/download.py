@@ -14,7 +14,6 @@ from snakeid.config import base_config, load_params, section
 from snakeid.sources import DownloadConfig, run_download
 from snakeid.stage import run_stage
 from snakeid.taxa import load_species
-from snakeid.utils import seed_everything
 
 
 def main() -> None:
@@ -30,7 +29,6 @@ def main() -> None:
     cfg = section(params, "download", DownloadConfig)
     species = load_species(base.species_file)
 
-    seed_everything(base.seed, base.deterministic)
     run_download(cfg, species, args.out, seed=base.seed)
 
 
