@@ -7,9 +7,11 @@ runs stages in), e.g. `data/raw/images/naja_kaouthia/000123.jpg`.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from snakeid.stage import UserError
 
 # The contract every source writes (issue: foundation). Sources fill what they know and leave the
 # rest empty; `split` is set only when the source fixes it (a folder with train/val/test).
@@ -63,3 +65,26 @@ def write_manifest(
                 | {k: v for k, v in row.items() if k not in columns}
             )
     tmp.replace(path)  # never leave a half-written manifest behind
+
+
+def read_checked_manifest(
+    path: str | Path, columns: Sequence[str], *, what: str
+) -> list[dict[str, str]]:
+    """Read a manifest CSV, failing with a `UserError` if it is missing or has other columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        extra = [c for c in header if c not in columns]
+        if missing:
+            raise UserError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
+        if extra:
+            raise UserError(f"{path}: {what} has unexpected column(s) {', '.join(extra)}")
+        rows = list(reader)
+    for i, row in enumerate(rows):
+        if None in row or any(v is None for v in row.values()):
+            raise UserError(f"{path}: line {i + 2} does not have {len(columns)} fields")
+    return rows

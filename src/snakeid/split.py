@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from snakeid.config import ParamsError, spec
-from snakeid.manifest import CLEAN_COLUMNS, SPLITS, write_manifest
+from snakeid.manifest import CLEAN_COLUMNS, SPLITS, read_checked_manifest, write_manifest
 from snakeid.stage import UserError
 from snakeid.taxa import Species
-from snakeid.verify import read_checked_manifest
 
 _logger = logging.getLogger(__name__)
 

@@ -30,6 +30,11 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[\s_]+", " ", name.strip()).lower()
 
 
+def species_slug(name: str) -> str:
+    """Folder name of a species: `Naja kaouthia` -> `naja_kaouthia`."""
+    return normalise_name(name).replace(" ", "_")
+
+
 def load_species(path: str | Path) -> list[Species]:
     """Read and validate the species file; order is the model's class order."""
     with open(path) as f:

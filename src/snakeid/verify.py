@@ -29,7 +29,6 @@ upscaled), metadata stripped.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import logging
@@ -53,9 +52,9 @@ from tqdm import tqdm
 
 from snakeid.config import spec
 from snakeid.images import to_rgb
-from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, write_manifest
+from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, read_checked_manifest, write_manifest
 from snakeid.stage import UserError
-from snakeid.taxa import Species, normalise_name
+from snakeid.taxa import Species, species_slug
 
 _logger = logging.getLogger(__name__)
 
@@ -93,36 +92,8 @@ class VerifyResult:
     metrics: dict[str, Any]
 
 
-def species_slug(name: str) -> str:
-    """Directory name of a species: `Naja kaouthia` -> `naja_kaouthia`."""
-    return normalise_name(name).replace(" ", "_")
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading the raw manifest
-
-
-def read_checked_manifest(
-    path: str | Path, columns: Sequence[str], *, what: str
-) -> list[dict[str, str]]:
-    """Read a manifest CSV, failing with a `UserError` if it is missing or has other columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        extra = [c for c in header if c not in columns]
-        if missing:
-            raise UserError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
-        if extra:
-            raise UserError(f"{path}: {what} has unexpected column(s) {', '.join(extra)}")
-        rows = list(reader)
-    for i, row in enumerate(rows):
-        if None in row or any(v is None for v in row.values()):
-            raise UserError(f"{path}: line {i + 2} does not have {len(columns)} fields")
-    return rows
 
 
 def _check_rows(rows: Sequence[Mapping[str, str]], species: Sequence[Species], where: str) -> None:

@@ -6,16 +6,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from snakeid.taxa import normalise_name
+from snakeid.taxa import species_slug
 
 # EXIF orientations that turn the stored image by 90 degrees (width and height swap on display).
 _ROTATED = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
-
-
-def species_slug(name: str) -> str:
-    """Folder name of a species: `Naja kaouthia` -> `naja_kaouthia`."""
-    return normalise_name(name).replace(" ", "_")
 
 
 def species_dir(out_dir: Path, name: str) -> Path:
