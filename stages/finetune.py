@@ -1,13 +1,24 @@
-"""Stage finetune: unfreeze the last feature block(s) and train them with the classifier."""
+"""Stage finetune: unfreeze the last feature block(s) and train them with the classifier.
+
+Runs as one process, or as N data-parallel ranks under torchrun (`distributed.nproc`).
+"""
 
 import argparse
 from pathlib import Path
 
+from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
 from snakeid.models import load_checkpoint, save_checkpoint
 from snakeid.stage import run_stage
-from snakeid.train import FinetuneConfig, TrainHeadConfig, fit_spec, load_caches, prepare, train_tail
+from snakeid.train import (
+    FinetuneConfig,
+    TrainHeadConfig,
+    fit_spec,
+    load_caches,
+    prepare,
+    train_tail,
+)
 from snakeid.utils import write_csv, write_json
 
 
@@ -59,6 +70,8 @@ def main() -> None:
         "pretrained": head_ckpt["metrics"]["pretrained"],
         "head_val_macro_f1": head_ckpt["metrics"]["val_macro_f1"],
     }
+    if not distributed.is_main():  # under torchrun, rank 0 alone writes the outputs
+        return
     save_checkpoint(
         args.model_out,
         result.model,

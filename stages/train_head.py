@@ -2,12 +2,14 @@
 
 The frozen backbone runs once per training photo and augmentation view, up to where `finetune`
 will unfreeze blocks; those features are saved (`--features`) and both stages train on them.
+Runs as one process, or as N data-parallel ranks under torchrun (`distributed.nproc`).
 """
 
 import argparse
 import logging
 from pathlib import Path
 
+from snakeid import distributed
 from snakeid.config import load_params, section
 from snakeid.data import eval_preprocess_spec
 from snakeid.models import ModelConfig, build_model, save_checkpoint
@@ -58,6 +60,8 @@ def main() -> None:
     if not model_cfg.pretrained:
         metrics["warning"] = "backbone NOT pretrained: random features, expect poor accuracy"
         _logger.warning(metrics["warning"])
+    if not distributed.is_main():  # under torchrun, rank 0 alone writes the outputs
+        return
     save_checkpoint(
         args.model_out,
         result.model,

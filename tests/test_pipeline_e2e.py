@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,24 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the virtualenv running the tests has dvc and python
-
-# Small enough to run in about a minute, large enough that every stage has real work.
-SHRUNK = {
-    "base": {"image_size": 96},
-    "download": {"demo": {"observations_common": 6, "observations_rare": 3}},
-    "data": {"views": 1, "batch_size": 16},
-    "train_head": {"epochs": 2},
-    "finetune": {"epochs": 1},
-    "evaluate": {"bootstrap": 100},
-    "quantize": {
-        "calibration_images": 8,
-        "latency_runs": 2,
-        "min_agreement": 0.0,  # a 2-epoch model is too uncertain to demand INT8 agreement
-        "max_accuracy_drop": 1.0,
-    },
-}
+from dvc_project import BIN, REPO, copy_project, ran_stages, reproduced, run
 
 EVALUATE_KEYS = {
     "accuracy",
@@ -50,56 +30,10 @@ EVALUATE_KEYS = {
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(a.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and p.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A copy of the repository's tracked files, as a fresh git repo with shrunk params."""
-    root = tmp_path_factory.mktemp("e2e") / "snakeid"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, SHRUNK), sort_keys=False))
-    for f in ("dvc.lock",):
-        (root / f).unlink(missing_ok=True)
-    for d in ("metrics", "plots"):
-        for f in (root / d).glob("*"):
-            if f.is_file() and f.name != ".gitkeep":
-                f.unlink()
-    run(["git", "init", "-q"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
-    first = run(["dvc", "repro"], root)
-    root.joinpath("first_repro.log").write_text(first.stdout)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], root)
-    return root
+    """A private copy of the shrunk project after its first full `dvc repro`."""
+    return copy_project(reproduced(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "snakeid")
 
 
 @pytest.mark.slow
@@ -211,10 +145,8 @@ def test_snakeid_predict_matches_the_reported_int8_predictions(project):
     """`snakeid predict` on the test photos prints what `quantize` reported for them."""
     import csv
 
-    reported = {
-        r["path"]: r["predicted"]
-        for r in csv.DictReader(open(project / "plots/predictions_int8.csv"))
-    }
+    with open(project / "plots/predictions_int8.csv", newline="") as f:
+        reported = {r["path"]: r["predicted"] for r in csv.DictReader(f)}
     out = run(
         [str(BIN / "snakeid"), "predict", *reported, "--top-k", "1", "--format", "csv"], project
     ).stdout

@@ -137,5 +137,5 @@ def test_head_and_finetune_share_one_feature_cache(split_dir, tmp_path):
     with pytest.raises(UserError, match="re-run train_head"):
         load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.cut(2))
     with pytest.raises(UserError, match="re-run train_head"):
-        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DataConfig(batch_size=8, views=3),
-                    cut=model.cut(1))  # fmt: skip
+        other = DataConfig(batch_size=8, views=3)
+        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=other, cut=model.cut(1))

@@ -8,6 +8,13 @@ dir) and train the tail on those features. That removes the backbone forward fro
 (the original study's loop) and makes "frozen means frozen" structural: the frozen prefix runs
 only in eval mode under `torch.inference_mode`, so neither its weights nor its BatchNorm
 running statistics can move.
+
+Under `torchrun` (see `snakeid.distributed`) the same code runs as N data-parallel ranks: each
+rank computes the cached features of its shard of the photos into one shared memmap, trains the
+tail wrapped in `DistributedDataParallel` on its shard of every epoch's seeded sample order
+(`data.batch_size` stays the global batch: each rank takes batch_size / N), and validates its
+shard of the val photos; the logits are gathered so every rank computes the same metrics and
+keeps the same best epoch. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,17 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
 from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
+from snakeid.manifest import read_manifest
 from snakeid.metrics import balanced_accuracy, macro_f1
 from snakeid.models import SnakeNet
 from snakeid.stage import UserError
 from snakeid.taxa import Species, load_species
-from snakeid.manifest import read_manifest
-from snakeid.utils import resolve_device, seed_everything, set_threads, worker_seed, write_json
+from snakeid.utils import resolve_device, seed_everything, worker_seed, write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -164,21 +174,42 @@ class FeatureCache:
 
     @torch.inference_mode()
     def mapped(self, module: nn.Module, directory: Path, name: str, device: str) -> FeatureCache:
-        """A new cache holding `module` (frozen, eval mode) applied to every view of this one."""
+        """A new cache holding `module` (frozen, eval mode) applied to every view of this one.
+
+        Each rank maps its shard of the rows; `directory` must be one that all ranks see.
+        """
         assert self.array is not None
         module.eval()
         out = FeatureCache(directory, name)
         views, n = self.array.shape[:2]
+        probe = module(self.batch(np.zeros(1, dtype=int), np.zeros(1, dtype=int)).to(device))
+        out._create((views, n, *probe.shape[1:]))
+        mine = distributed.strided(n)
         for v in range(views):
-            for i in range(0, n, 256):
-                idx = np.arange(i, min(n, i + 256))
+            for i in range(0, len(mine), 256):
+                idx = mine[i : i + 256]
                 y = module(self.batch(np.full(len(idx), v), idx).to(device)).float().cpu().numpy()
-                if out.array is None:
-                    out.array = np.lib.format.open_memmap(
-                        out.path, mode="w+", dtype=np.float16, shape=(views, n, *y.shape[1:])
-                    )
                 out.array[v, idx] = y.astype(np.float16)
+        out._share()
         return out
+
+    def _create(self, shape: tuple[int, ...]) -> None:
+        """Rank 0 creates the float16 memmap; the other ranks then open it to write their rows."""
+        if distributed.is_main():
+            self.array = np.lib.format.open_memmap(
+                self.path, mode="w+", dtype=np.float16, shape=shape
+            )
+            self.array.flush()
+        distributed.barrier()
+        if not distributed.is_main():
+            self.array = np.lib.format.open_memmap(self.path, mode="r+")
+
+    def _share(self) -> None:
+        """Wait until every rank wrote its rows, then read the whole file."""
+        assert self.array is not None
+        self.array.flush()
+        distributed.barrier()
+        self.array = np.load(self.path, mmap_mode="r")
 
     def fill(
         self,
@@ -192,45 +223,54 @@ class FeatureCache:
         device: str,
         desc: str,
     ) -> None:
+        """Run `prefix` over `views` augmented views of this rank's shard of `dataset`.
+
+        Each (view, photo) is augmented from its own seed, so the cache is the same whatever
+        the number of ranks, DataLoader workers or the batch size.
+        """
         prefix.eval()
         n = len(dataset)
-        offset = 0
+        mine = distributed.strided(n)
+        with torch.inference_mode():
+            x0 = _SeededViews(dataset, np.zeros(1, dtype=int), 0, seed)[0][0]
+            shape = prefix(x0[None].to(device)).shape[1:]
+        self._create((views, n, *shape))
+        assert self.array is not None
         started = time.perf_counter()
-        with tqdm(total=views * n, desc=desc, unit="img", leave=False, mininterval=2) as bar:
+        with tqdm(
+            total=views * len(mine),
+            desc=desc,
+            unit="img",
+            leave=False,
+            mininterval=2,
+            disable=not distributed.is_main(),
+        ) as bar:
             for v in range(views):
-                # A fixed generator per view: the same seed gives the same augmentations.
-                g = torch.Generator().manual_seed(seed * 1000 + v)
-                torch.manual_seed(seed * 1000 + v)  # transforms in the main process (workers=0)
                 loader = DataLoader(
-                    dataset,
+                    _SeededViews(dataset, mine, v, seed),
                     batch_size=batch_size,
                     shuffle=False,
                     num_workers=workers,
-                    generator=g,
                     worker_init_fn=worker_seed,
                 )
-                offset = 0
-                for x, _ in loader:
+                for x, _, idx in loader:
                     with torch.inference_mode():
                         x = x.to(device).contiguous(memory_format=torch.channels_last)
                         y = prefix(x).float().cpu().numpy().astype(np.float16)  # (B, ...)
-                    if self.array is None:
-                        self.array = np.lib.format.open_memmap(
-                            self.path, mode="w+", dtype=np.float16, shape=(views, n, *y.shape[1:])
-                        )
-                    self.array[v, offset : offset + len(y)] = y
-                    offset += len(y)
+                    self.array[v, idx.numpy()] = y
                     bar.update(len(y))
                     bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - started):.1f}")
+        self._share()
         self.seconds = time.perf_counter() - started
         self.images_per_s = views * n / self.seconds if self.seconds else float("nan")
         _logger.info(
-            "%s: %d × %d views in %.1fs (%.1f img/s)",
+            "%s: %d × %d views in %.1fs (%.1f img/s over %d process(es))",
             desc,
             n,
             views,
             self.seconds,
             self.images_per_s,
+            distributed.world_size(),
         )
 
     def batch(self, view: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -247,6 +287,47 @@ class FeatureCache:
 
 def cache_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="snakeid-features-")
+
+
+@contextlib.contextmanager
+def _scratch(near: Path) -> Iterator[Path]:
+    """A temporary directory for derived caches: the system's when single-process; beside
+    `near` when distributed, because every rank writes its rows of the same files."""
+    if distributed.world_size() == 1:
+        with cache_dir() as tmp:
+            yield Path(tmp)
+        return
+    made = tempfile.mkdtemp(prefix=".snakeid-scratch-", dir=near) if distributed.is_main() else ""
+    path = Path(distributed.broadcast_object(made))
+    try:
+        yield path
+    finally:
+        distributed.barrier()  # nobody still reads it
+        if distributed.is_main():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class _SeededViews(Dataset):
+    """View `view` of the photos `indices` of `dataset`, each augmented from its own seed.
+
+    The random transforms draw from torch's global generator; seeding it per (seed, view,
+    photo) makes a photo's augmentation independent of which rank, DataLoader worker or batch
+    position computes it. Items are (image, label, photo index).
+    """
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, view: int, seed: int):
+        self.dataset, self.indices, self.view, self.seed = dataset, indices, view, seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
+        i = int(self.indices[k])
+        item_seed = np.random.SeedSequence([self.seed, self.view, i]).generate_state(1)[0]
+        with torch.random.fork_rng(devices=[]):  # leave the caller's generator as it was
+            torch.manual_seed(int(item_seed))
+            x, y = self.dataset[i]
+        return x, y, i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +401,10 @@ def fit_tail(
     Each epoch visits every training image once, in a seeded order, through one of its cached
     augmentation views chosen at random. Validation (and the kept weights) use the EMA of the
     weights when `ema_decay` > 0.
+
+    Distributed: all ranks draw the same order and take their shard of it (`distributed.shard`)
+    in batches of `batch_size / world` (rounded up), so a step of all ranks together is one
+    global batch of `batch_size`; `DistributedDataParallel` averages the gradients.
     """
     n_classes = model.classifier.out_features
     rng = np.random.default_rng(spec_.seed)
@@ -335,14 +420,26 @@ def fit_tail(
         device
     )
     optimizer = torch.optim.AdamW(param_groups, lr=spec_.lr, weight_decay=spec_.weight_decay)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / spec_.batch_size)
+    n, world = len(train), distributed.world_size()
+    positions = distributed.shard(np.arange(n))  # this rank's places in each epoch's order
+    batch = -(-spec_.batch_size // world)  # per rank
+    steps_per_epoch = math.ceil(len(positions) / batch)
     total_steps = steps_per_epoch * spec_.epochs
     warmup = min(spec_.warmup_epochs * steps_per_epoch, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, spec_.schedule)
     )
     ema = _Ema(tail, spec_.ema_decay) if spec_.ema_decay > 0 else None
+    net = tail
+    if world > 1:
+        # Buffers (BatchNorm statistics) are averaged after each step, not rank 0's broadcast.
+        ids = [torch.cuda.current_device()] if device.startswith("cuda") else None
+        net = DistributedDataParallel(tail, device_ids=ids, forward_sync_buffers=False)
+        # Same weights (DDP copies rank 0's at the start), but independent dropout masks.
+        torch.manual_seed(
+            int(np.random.SeedSequence([spec_.seed, distributed.rank()]).generate_state(1)[0])
+        )
+    stats = [b for b in tail.buffers() if b.dtype.is_floating_point]
     if spec_.sampler == "balanced":
         # each image drawn with probability ∝ 1 / its class count: classes equally likely
         p = 1.0 / counts[train_labels]
@@ -355,29 +452,34 @@ def fit_tail(
         tail.train()
         order = rng.choice(n, n, p=p) if spec_.sampler == "balanced" else rng.permutation(n)
         view = rng.integers(0, train.views, n)
-        total_loss, correct = 0.0, 0
-        for i in range(0, n, spec_.batch_size):
-            idx = order[i : i + spec_.batch_size]
-            x = train.batch(view[i : i + spec_.batch_size], idx).to(device)
+        total_loss, correct, seen = 0.0, 0, 0
+        for i in range(0, len(positions), batch):
+            at = positions[i : i + batch]
+            idx = order[at]
+            x = train.batch(view[at], idx).to(device)
             y = y_all[idx].to(device)
-            logits = tail(x)
+            logits = net(x)
             loss = criterion(logits + adjust, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if stats and world > 1:
+                distributed.average_buffers(tail)
             if ema:
                 ema.update()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
+            seen += len(idx)
+        total_loss, correct, seen = distributed.all_sum(np.array([total_loss, correct, seen]))
         seconds = time.perf_counter() - started
         with ema.applied() if ema else contextlib.nullcontext():
             val_loss, val_logits = predict_cached(tail, val, device=device, labels=val_labels)
             val_pred = val_logits.argmax(1)
             row = {
                 "epoch": epoch,
-                "train_loss": total_loss / n,
-                "train_accuracy": correct / n,
+                "train_loss": float(total_loss / seen),
+                "train_accuracy": float(correct / seen),
                 "val_loss": val_loss,
                 "val_accuracy": float((val_pred == val_labels).mean()),
                 "val_macro_f1": macro_f1(val_labels, val_pred, labels),
@@ -401,18 +503,27 @@ def fit_tail(
 def predict_cached(
     tail: nn.Module, cache: FeatureCache, *, device: str, labels: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy (if labels given) and logits (N, C) over view 0 of a cache."""
+    """Mean cross-entropy (if labels given) and logits (N, C) over view 0 of a cache.
+
+    Distributed, each rank predicts its shard and every rank gets all N rows back, in order.
+    """
     tail.eval()
     out, loss_sum = [], 0.0
     n = len(cache)
-    for i in range(0, n, 256):
-        idx = np.arange(i, min(n, i + 256))
+    mine = distributed.strided(n)
+    for i in range(0, len(mine), 256):
+        idx = mine[i : i + 256]
         logits = tail(cache.batch(np.zeros(len(idx), dtype=int), idx).to(device)).float()
         if labels is not None:
             y = torch.from_numpy(labels[idx]).long().to(device)
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         out.append(logits.cpu().numpy())
-    return loss_sum / max(n, 1), np.concatenate(out)
+    if not out:  # more ranks than rows: an empty shard, but of the right shape for the gather
+        first = cache.batch(np.zeros(1, dtype=int), np.zeros(1, dtype=int)).to(device)
+        out.append(tail(first).float().cpu().numpy()[:0])
+    local = np.concatenate(out)
+    loss_sum = float(distributed.all_sum(np.array([loss_sum]))[0])
+    return loss_sum / max(n, 1), distributed.gather_strided(local)
 
 
 def freeze_all_but(model: SnakeNet, trainable: Sequence[nn.Parameter]) -> None:
@@ -489,9 +600,11 @@ def cache_features(
     device = resolve_device(base.device)
     model.to(device).to(memory_format=torch.channels_last).eval()
     train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*"):
-        old.unlink()
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob("*"):
+            old.unlink()
+    distributed.barrier()
     prefix = model.features[:cut]
     common = dict(batch_size=data.batch_size, workers=data.workers, device=device)
     train = FeatureCache(out_dir, "train")
@@ -507,7 +620,8 @@ def cache_features(
         "seconds": round(train.seconds + val.seconds, 2),
         "images_per_s": round(train.images_per_s, 2),
     }
-    write_json(out_dir / FEATURES_META, meta)
+    if distributed.is_main():
+        write_json(out_dir / FEATURES_META, meta)
     return Caches(train, val, np.array(train_ds.labels), np.array(val_ds.labels), cut)
 
 
@@ -563,7 +677,9 @@ def train_tail(
     groups = model.param_groups(unfreeze_blocks, fit.lr, fit.layer_lr_decay)
     train_y, val_y = caches.train_labels, caches.val_labels
     labels = np.unique(val_y)
-    bar = tqdm(total=fit.epochs, desc=f"{stage}: epochs", unit="epoch")
+    bar = tqdm(
+        total=fit.epochs, desc=f"{stage}: epochs", unit="epoch", disable=not distributed.is_main()
+    )
 
     def progress(row: dict[str, float]) -> None:
         bar.update(1)
@@ -573,11 +689,11 @@ def train_tail(
             img_s=f"{row['images_per_s']:.0f}",
         )
 
-    with cache_dir() as tmp:
+    with _scratch(caches.train.path.parent.parent) as tmp:
         train, val = caches.train, caches.val
         if middle is not None:
-            train = train.mapped(middle, Path(tmp), "train", device)
-            val = val.mapped(middle, Path(tmp), "val", device)
+            train = train.mapped(middle, tmp, "train", device)
+            val = val.mapped(middle, tmp, "val", device)
         result = fit_tail(
             model, tail, groups, train, train_y, val, val_y, labels, fit,
             device=device, on_epoch=progress,
@@ -611,6 +727,8 @@ def train_tail(
         "backbone": base.backbone,
         "image_size": base.image_size,
         "device": device,
+        "processes": distributed.world_size(),
+        "batch_size": fit.batch_size,  # global: each process takes batch_size / processes
     }
     return StageResult(model, result, metrics, val_y)
 
@@ -649,12 +767,13 @@ def fit_spec(
 
 
 def prepare(params: dict[str, Any]) -> Setup:
-    """Validate the shared training sections, load species, seed and set threads."""
+    """Validate the shared training sections, load species, seed, set threads and, under
+    torchrun, join the process group (every rank gets the same seed: same initial weights)."""
     base = base_config(params)
     data = section(params, "data", DataConfig)
     loss = section(params, "loss", LossConfig)
     check_imbalance_options(data, loss)
     species = load_species(base.species_file)
     seed_everything(base.seed, base.deterministic)
-    set_threads(base.threads)
+    distributed.init(resolve_device(base.device), base.threads)
     return Setup(base, data, loss, species)

@@ -1,0 +1,115 @@
+"""The real DVC project in a temp git repo, on shrunk params: shared by the tests that run dvc.
+
+`reproduced(tmp_path_factory)` runs the whole pipeline once per test session; each test then
+works on its own `copy_project` of it, so the pipeline is not reproduced once per test module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtualenv running the tests has dvc and python
+
+# Small enough to run in about a minute, large enough that every stage has real work.
+SHRUNK = {
+    "base": {"image_size": 96},
+    "download": {"demo": {"observations_common": 6, "observations_rare": 3}},
+    "data": {"views": 1, "batch_size": 16},
+    "train_head": {"epochs": 2},
+    "finetune": {"epochs": 1},
+    "evaluate": {"bootstrap": 100},
+    "quantize": {
+        "calibration_images": 8,
+        "latency_runs": 2,
+        "min_agreement": 0.0,  # a 2-epoch model is too uncertain to demand INT8 agreement
+        "max_accuracy_drop": 1.0,
+    },
+}
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def commit(root: Path, message: str) -> None:
+    run([*GIT, "add", "-A"], root)
+    run([*GIT, "commit", "-qm", message], root)
+
+
+def make_project(root: Path, shrunk: dict = SHRUNK) -> Path:
+    """A copy of the repository's tracked files, as a fresh git repo with shrunk params."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, shrunk), sort_keys=False))
+    (root / "dvc.lock").unlink(missing_ok=True)
+    for d in ("metrics", "plots"):
+        for f in (root / d).glob("*"):
+            if f.is_file() and f.name != ".gitkeep":
+                f.unlink()
+    run(["git", "init", "-q"], root)
+    commit(root, "init")
+    return root
+
+
+_REPRODUCED: dict[str, Path] = {}
+
+
+def reproduced(tmp_path_factory) -> Path:
+    """The shrunk project after one `dvc repro` of all stages, committed (built once a session).
+
+    Its `first_repro.log` holds that run's output. Tests must not change it: use `copy_project`.
+    """
+    if "root" not in _REPRODUCED:
+        root = make_project(tmp_path_factory.mktemp("dvc-project") / "snakeid")
+        first = run(["dvc", "repro"], root)
+        (root / "first_repro.log").write_text(first.stdout)
+        commit(root, "repro")
+        _REPRODUCED["root"] = root
+    return _REPRODUCED["root"]
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """An independent copy (workspace, git history, DVC cache) of a reproduced project."""
+
+    def per_checkout(folder: str, names: list[str]) -> list[str]:
+        # .dvc/tmp holds per-checkout state (locks, the hash index, queue workers): start clean
+        return ["tmp"] if Path(folder).name == ".dvc" else []
+
+    shutil.copytree(src, dest, symlinks=True, ignore=per_checkout)
+    return dest
