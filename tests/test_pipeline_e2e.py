@@ -152,3 +152,13 @@ def test_snakeid_predict_matches_the_reported_int8_predictions(project):
     ).stdout
     printed = {r["path"]: r["species"] for r in csv.DictReader(out.splitlines())}
     assert printed == reported
+
+
+@pytest.mark.slow
+def test_forced_rerun_gives_identical_metrics(project, tmp_path):
+    """`dvc repro --force` again: same finetune and evaluate metrics, byte for byte."""
+    again = copy_project(project, tmp_path / "again")
+    before = {m: (again / f"metrics/{m}.json").read_bytes() for m in ("finetune", "evaluate")}
+    run(["dvc", "repro", "--force"], again)
+    for m, content in before.items():
+        assert (again / f"metrics/{m}.json").read_bytes() == content, m
