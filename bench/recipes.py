@@ -171,8 +171,22 @@ CANDIDATES: list[Recipe] = [
         "depth",
     ),
 ]
-CHEAP = {"baseline", "select_f1", "unfreeze2", "unfreeze3", "unfreeze3_lld", "ft_lr1", "cosine",
-         "smooth", "ema", "tta", "ft_epochs10", "sqrt_inverse", "balanced", "logit_adj"}
+CHEAP = {
+    "baseline",
+    "select_f1",
+    "unfreeze2",
+    "unfreeze3",
+    "unfreeze3_lld",
+    "ft_lr1",
+    "cosine",
+    "smooth",
+    "ema",
+    "tta",
+    "ft_epochs10",
+    "sqrt_inverse",
+    "balanced",
+    "logit_adj",
+}
 # one-seed rule-outs (own caches) and the slowest candidates: last, a deadline may cut them
 LATE = {"trivialaugment", "random_erasing", "size288", "unfreeze3", "unfreeze3_lld"}
 # run first, on every seed, before the combination is chosen
@@ -295,8 +309,13 @@ def build_caches(
     cs = CacheSet(
         train=_derived(pristine, extra, "train", first.train, base_cut),
         val=_derived(pristine, extra, "val", first.val, base_cut),
-        test=_derived(pristine, extra, "test", _eval_cache(pristine, extra, split_dir, species,
-                      params, base_cut, "test", flip=False), base_cut),  # fmt: skip
+        test=_derived(
+            pristine,
+            extra,
+            "test",
+            _eval_cache(pristine, extra, split_dir, species, params, base_cut, "test", flip=False),
+            base_cut,
+        ),  # fmt: skip
         val_flip={},
         test_flip={},
         train_labels=first.train_labels,
@@ -317,7 +336,10 @@ def add_flips(cs: CacheSet) -> None:
     if cs.val_flip:
         return
     pristine, extra, split_dir, species, params, base_cut = _CONTEXT[id(cs)]
-    for name, split, target in (("val_flip", "val", cs.val_flip), ("test_flip", "test", cs.test_flip)):  # noqa: E501
+    for name, split, target in (
+        ("val_flip", "val", cs.val_flip),
+        ("test_flip", "test", cs.test_flip),
+    ):  # noqa: E501
         first = _eval_cache(pristine, extra, split_dir, species, params, base_cut, split, flip=True)
         target.update(_derived(pristine, extra, name, first, base_cut))
 
