@@ -90,10 +90,7 @@ def test_finetune_changes_only_the_unfrozen_blocks_and_classifier(split_dir):
 
 
 def test_training_is_deterministic(split_dir):
-    runs = [
-        _train(_model(), 1, split_dir, _fit(epochs=2)).metrics
-        for _ in range(2)
-    ]
+    runs = [_train(_model(), 1, split_dir, _fit(epochs=2)).metrics for _ in range(2)]
     assert runs[0] == runs[1]
 
 
