@@ -35,3 +35,6 @@ lint: install-test ## ruff lint and format check
 
 format: install-test ## apply ruff fixes and formatting
 	$(RUN) ruff check --fix . && $(RUN) ruff format .
+
+bench: install ## speed benchmark -> bench/results.json and bench/results.md (~20 min on 2 idle cores)
+	$(RUN) python bench/speed.py --out bench/results.json

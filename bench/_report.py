@@ -233,7 +233,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"torch at 1 thread instead of {d['torch_threads']}: "
         f"{d['transform_1_thread_vs_default']:.2f}× images/s.",
         "",
-        "Feature extraction (FeatureCache.fill, head prefix) by DataLoader workers: "
+        "Feature extraction (FeatureCache.fill over the frozen prefix train_head caches) by "
+        "DataLoader workers: "
         + ", ".join(f"{k}: {v:.1f} img/s" for k, v in w["images_per_s"].items())
         + f" → best {w['best_workers']}.",
     ]
