@@ -54,59 +54,6 @@ def _ort(path: Path, threads: int) -> Runner:
     return run
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over preprocessed batches."""
-
-    def __init__(self, batches: Sequence[np.ndarray]):
-        self._it = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        x = next(self._it, None)
-        return None if x is None else {INPUT_NAME: x}
-
-
-def quantize_u8s8(
-    fp32: Path, out: Path, cfg: QuantizeConfig, calibration: Sequence[np.ndarray]
-) -> None:
-    """PROPOSED library change, not the pipeline's quantizer: `snakeid.quantize.quantize`
-    (static QDQ, per-channel, same calibration method, first and last weighted layer kept
-    FP32) with uint8 activations (U8S8) instead of int8 (S8S8). On x86 ONNX Runtime fuses a
-    U8S8 QDQ graph into QLinearConv throughout; with S8S8 it leaves depthwise convolutions in
-    FP32 between Quantize/DequantizeLinear pairs."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = out.with_suffix(".prepared.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    weighted = [
-        n.name
-        for n in onnx.load(str(prepared)).graph.node
-        if n.op_type in ("Conv", "Gemm", "MatMul")
-    ]
-    quantize_static(
-        str(prepared),
-        str(out),
-        _Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=cfg.per_channel,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method={
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[cfg.calibrate_method],
-        nodes_to_exclude=[weighted[0], weighted[-1]] if cfg.keep_edges_fp32 else [],
-    )
-    prepared.unlink()
-
-
 def _p95(xs: Sequence[float]) -> float:
     return float(np.percentile(xs, 95))
 
@@ -179,7 +126,8 @@ def bench_backbone(
     static_s = time.perf_counter() - t
     quantize(fp32, int8d, replace(quant, method="dynamic"), [])
     int8u = scratch / f"{name}_int8_static_u8s8.onnx"
-    quantize_u8s8(fp32, int8u, static, calibration)
+    # PROPOSED library change: uint8 activations (U8S8) instead of the pipeline's int8
+    quantize(fp32, int8u, replace(static, activations="uint8"), calibration)
     n = cores()
     threads = sorted({1, n})
     variants: dict[str, Runner] = {f"eager t{n}": _eager(copy.deepcopy(model), n, False)}

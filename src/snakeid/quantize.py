@@ -37,6 +37,9 @@ class QuantizeConfig:
         default="percentile", metadata=spec(choices=("minmax", "entropy", "percentile"))
     )
     per_channel: bool = True
+    # Activation type: int8 (S8S8) or uint8 (U8S8, which ONNX Runtime fuses to QLinearConv
+    # on x86; measured by bench/speed.py, not yet the default).
+    activations: str = field(default="int8", metadata=spec(choices=("int8", "uint8")))
     # The first convolution (raw pixels in) and the classifier (logits out) are the layers
     # INT8 hurts most and cost least: keep them in FP32.
     keep_edges_fp32: bool = True
@@ -94,7 +97,7 @@ def quantize(
             _Calibration(calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=cfg.per_channel,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if cfg.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
             nodes_to_exclude=exclude,
