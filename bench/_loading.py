@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Subset
@@ -84,7 +85,7 @@ def _mean_pixels(paths: Sequence[str]) -> float:
 
 
 def loader_workers(
-    prefix: torch.nn.Module,
+    run: Callable[[torch.Tensor], np.ndarray],
     dataset: torch.utils.data.Dataset,
     scratch: Path,
     *,
@@ -93,8 +94,8 @@ def loader_workers(
     workers: Sequence[int],
     rounds: int,
 ) -> dict[str, Any]:
-    """FeatureCache.fill throughput (the frozen prefix train_head caches) per DataLoader workers."""
-    prefix = prefix.to(memory_format=torch.channels_last)
+    """FeatureCache.fill throughput per DataLoader workers; `run` is the frozen prefix
+    train_head caches, as `snakeid.train.prefix_engine` runs it."""
     subset = Subset(dataset, range(min(n, len(dataset))))
     rates: dict[int, list[float]] = {w: [] for w in workers}
     for r in range(rounds):
@@ -102,15 +103,9 @@ def loader_workers(
         for w in order:
             cache = FeatureCache(scratch, f"workers{w}_{r}")
             cache.fill(
-                prefix,
-                subset,
-                views=1,
-                batch_size=batch_size,
-                workers=w,
-                seed=0,
-                device="cpu",
+                run, subset, views=1, batch_size=batch_size, workers=w, seed=0,
                 desc=f"workers={w}",
-            )
+            )  # fmt: skip
             rates[w].append(cache.images_per_s)
             cache.array = None
             cache.path.unlink(missing_ok=True)

@@ -67,11 +67,13 @@ from snakeid.train import (  # noqa: E402
     TrainHeadConfig,
     cache_features,
     check_imbalance_options,
+    feature_engine,
     fit_spec,
     fit_tail,
     freeze_all_but,
     load_caches,
     predict_cached,
+    prefix_engine,
     train_tail,
 )
 from snakeid.utils import seed_everything, write_json  # noqa: E402
@@ -365,10 +367,13 @@ def _eval_cache(
         tf = T.Compose([tf, T.RandomHorizontalFlip(p=1.0)])
     ds = SplitDataset.from_csv(split_dir / f"{split}.csv", species, tf)
     cache = FeatureCache(extra, name)
-    cache.fill(
-        pristine.features[:cut], ds, views=1, batch_size=32, workers=0, seed=base.seed,
-        device="cpu", desc=f"{name} features",
-    )  # fmt: skip
+    data = section(params, "data", DataConfig)
+    engine = feature_engine(data.feature_engine, "cpu")
+    with prefix_engine(pristine.features[:cut], engine, "cpu", base.image_size) as prefix:
+        cache.fill(
+            prefix, ds, views=1, batch_size=32, workers=0, seed=base.seed,
+            desc=f"{name} features",
+        )  # fmt: skip
     (extra / f"{name}.done").touch()
     return cache
 

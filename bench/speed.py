@@ -58,7 +58,7 @@ from snakeid.manifest import read_manifest
 from snakeid.models import BACKBONES, ModelConfig, build_model, load_checkpoint
 from snakeid.quantize import QuantizeConfig
 from snakeid.taxa import load_species
-from snakeid.train import FinetuneConfig, TrainHeadConfig, prepare
+from snakeid.train import FinetuneConfig, TrainHeadConfig, feature_engine, prefix_engine, prepare
 from snakeid.utils import setup_logging
 
 _logger = logging.getLogger("bench")
@@ -451,16 +451,19 @@ def loading(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
     batch = data.batch_size
     model = build_model(base.backbone, len(species), ModelConfig())
     unfreeze = section(params, "finetune", FinetuneConfig).unfreeze_blocks
-    workers = _loading.loader_workers(
-        model.features[: model.cut(unfreeze)],
-        ds,
-        scratch,
-        n=sizes.worker_images,
-        batch_size=batch,
-        workers=(0, 1, 2),
-        rounds=sizes.worker_rounds,
-    )
-    return {"decoding": decode, "feature_extraction_workers": workers}
+    engine = feature_engine(data.feature_engine, "cpu")
+    prefix = model.features[: model.cut(unfreeze)]
+    with prefix_engine(prefix, engine, "cpu", base.image_size) as run:
+        workers = _loading.loader_workers(
+            run,
+            ds,
+            scratch,
+            n=sizes.worker_images,
+            batch_size=batch,
+            workers=(0, 1, 2),
+            rounds=sizes.worker_rounds,
+        )
+    return {"decoding": decode, "feature_extraction_workers": workers | {"engine": engine}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from snakeid.train import (
     cache_features,
     check_imbalance_options,
     class_weights,
+    feature_engine,
     load_caches,
+    prefix_engine,
     train_tail,
 )
 from training_data import SPECIES, make_split
@@ -136,3 +138,39 @@ def test_head_and_finetune_share_one_feature_cache(split_dir, tmp_path):
     with pytest.raises(UserError, match="re-run train_head"):
         other = DataConfig(batch_size=8, views=3)
         load_caches(tmp_path, split_dir=split_dir, base=BASE, data=other, cut=model.cut(1))
+
+
+def test_auto_feature_engine_is_onnxruntime_on_cpu_and_torch_on_gpus():
+    assert feature_engine("auto", "cpu") == "onnxruntime"
+    assert feature_engine("auto", "cuda") == "torch"
+    assert feature_engine("torch", "cpu") == "torch"
+
+
+def test_onnxruntime_prefix_matches_torch_and_ignores_batch_composition():
+    """The ONNX Runtime engine computes the same features as eager PyTorch (float16 storage
+    tolerance), and a photo's features do not depend on the batch it is computed in."""
+    model = _model().eval()
+    prefix = model.features[: model.cut(1)]
+    x = torch.randn(6, 3, 64, 64)
+    with prefix_engine(prefix, "torch", "cpu", 64) as run:
+        ref = run(x)
+    with prefix_engine(prefix, "onnxruntime", "cpu", 64) as run:
+        got = run(x)
+        alone = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+        split = np.concatenate([run(x[:4]), run(x[4:])])
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+    assert np.array_equal(got.astype(np.float16), alone.astype(np.float16))
+    assert np.array_equal(got.astype(np.float16), split.astype(np.float16))
+
+
+def test_a_cache_from_another_engine_is_refused(split_dir, tmp_path):
+    model = _model()
+    torch_data = DataConfig(batch_size=8, views=2, feature_engine="torch")
+    cut = model.cut(1)
+    cache_features(
+        model, cut, tmp_path, split_dir=split_dir, species=SPECIES, base=BASE, data=torch_data
+    )
+    load_caches(tmp_path, split_dir=split_dir, base=BASE, data=torch_data, cut=cut)
+    with pytest.raises(UserError, match="feature_engine"):
+        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=cut)

@@ -36,6 +36,12 @@ class DataConfig:
     views: int = field(default=4, metadata=spec(ge=1, le=64))
     augment: str = field(default="basic", metadata=spec(choices=("basic", "trivialaugment")))
     random_erasing: float = field(default=0.0, metadata=spec(ge=0.0, le=1.0))  # probability
+    # What runs the frozen prefix whose features are cached: onnxruntime (an FP32 ONNX export
+    # of the prefix; on CPU several times cheaper than eager PyTorch, bench/results.md) or
+    # torch. auto = onnxruntime on the CPU, torch on a GPU.
+    feature_engine: str = field(
+        default="auto", metadata=spec(choices=("auto", "onnxruntime", "torch"))
+    )
 
 
 def eval_resize(size: int) -> int:

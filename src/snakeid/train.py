@@ -213,27 +213,25 @@ class FeatureCache:
 
     def fill(
         self,
-        prefix: nn.Module,
+        prefix: Callable[[torch.Tensor], np.ndarray],
         dataset: Dataset,
         *,
         views: int,
         batch_size: int,
         workers: int,
         seed: int,
-        device: str,
         desc: str,
     ) -> None:
-        """Run `prefix` over `views` augmented views of this rank's shard of `dataset`.
+        """Run `prefix` (see `prefix_engine`) over `views` augmented views of this rank's
+        shard of `dataset`.
 
         Each (view, photo) is augmented from its own seed, so the cache is the same whatever
         the number of ranks, DataLoader workers or the batch size.
         """
-        prefix.eval()
         n = len(dataset)
         mine = distributed.strided(n)
-        with torch.inference_mode():
-            x0 = _SeededViews(dataset, np.zeros(1, dtype=int), 0, seed)[0][0]
-            shape = prefix(x0[None].to(device)).shape[1:]
+        x0 = _SeededViews(dataset, np.zeros(1, dtype=int), 0, seed)[0][0]
+        shape = prefix(x0[None]).shape[1:]
         self._create((views, n, *shape))
         assert self.array is not None
         started = time.perf_counter()
@@ -254,9 +252,7 @@ class FeatureCache:
                     worker_init_fn=worker_seed,
                 )
                 for x, _, idx in loader:
-                    with torch.inference_mode():
-                        x = x.to(device).contiguous(memory_format=torch.channels_last)
-                        y = prefix(x).float().cpu().numpy().astype(np.float16)  # (B, ...)
+                    y = prefix(x).astype(np.float16)  # (B, ...)
                     self.array[v, idx.numpy()] = y
                     bar.update(len(y))
                     bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - started):.1f}")
@@ -283,6 +279,49 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return 0 if self.array is None else self.array.shape[1]
+
+
+FEATURE_ENGINES = ("onnxruntime", "torch")
+
+
+def feature_engine(choice: str, device: str) -> str:
+    """`data.feature_engine` resolved: auto = onnxruntime on the CPU, torch on a GPU."""
+    if choice == "auto":
+        return "onnxruntime" if device == "cpu" else "torch"
+    return choice
+
+
+@contextlib.contextmanager
+def prefix_engine(
+    prefix: nn.Module, engine: str, device: str, image_size: int
+) -> Iterator[Callable[[torch.Tensor], np.ndarray]]:
+    """The frozen `prefix` (eval mode, no autograd) as a function: images (B, 3, H, W) float32
+    → features float32 numpy.
+
+    `onnxruntime` runs an FP32 ONNX export of the prefix (graph optimisations on, this
+    process's torch thread count); `torch` runs it eagerly in channels_last on `device`.
+    """
+    prefix.eval()
+    if engine == "torch":
+
+        @torch.inference_mode()
+        def run_torch(x: torch.Tensor) -> np.ndarray:
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            return prefix(x).float().cpu().numpy()
+
+        yield run_torch
+        return
+    from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
+
+    with tempfile.TemporaryDirectory(prefix="snakeid-prefix-") as tmp:
+        path = Path(tmp) / "prefix.onnx"
+        export_onnx(copy.deepcopy(prefix).cpu(), path, image_size, opset=17)
+        session = ort_session(path, torch.get_num_threads())
+
+        def run_ort(x: torch.Tensor) -> np.ndarray:
+            return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+
+        yield run_ort
 
 
 def cache_dir() -> tempfile.TemporaryDirectory:
@@ -570,9 +609,10 @@ def _split_data(
     return train, val
 
 
-def _cache_key(base: BaseConfig, data: DataConfig, cut: int) -> dict[str, Any]:
+def _cache_key(base: BaseConfig, data: DataConfig, cut: int, device: str) -> dict[str, Any]:
     return {
         "cut": cut,
+        "feature_engine": feature_engine(data.feature_engine, device),
         "backbone": base.backbone,
         "image_size": base.image_size,
         "seed": base.seed,
@@ -605,14 +645,18 @@ def cache_features(
         for old in out_dir.glob("*"):
             old.unlink()
     distributed.barrier()
-    prefix = model.features[:cut]
-    common = dict(batch_size=data.batch_size, workers=data.workers, device=device)
-    train = FeatureCache(out_dir, "train")
-    train.fill(prefix, train_ds, views=data.views, seed=base.seed, desc="train features", **common)
-    val = FeatureCache(out_dir, "val")
-    val.fill(prefix, val_ds, views=1, seed=base.seed, desc="val features", **common)
+    engine = feature_engine(data.feature_engine, device)
+    _logger.info("frozen features[:%d] computed by %s", cut, engine)
+    common = dict(batch_size=data.batch_size, workers=data.workers)
+    with prefix_engine(model.features[:cut], engine, device, base.image_size) as prefix:
+        train = FeatureCache(out_dir, "train")
+        train.fill(
+            prefix, train_ds, views=data.views, seed=base.seed, desc="train features", **common
+        )
+        val = FeatureCache(out_dir, "val")
+        val.fill(prefix, val_ds, views=1, seed=base.seed, desc="val features", **common)
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    meta = _cache_key(base, data, cut) | {
+    meta = _cache_key(base, data, cut, device) | {
         "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
         "train_labels": train_ds.labels,
@@ -633,7 +677,7 @@ def load_caches(
     if not path.exists():
         raise UserError(f"{path} not found: run the train_head stage first")
     meta = json.loads(path.read_text())
-    want = _cache_key(base, data, cut)
+    want = _cache_key(base, data, cut, resolve_device(base.device))
     stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
     for split in ("train", "val"):
         ids = [r["photo_id"] for r in read_manifest(split_dir / f"{split}.csv")]
@@ -722,6 +766,7 @@ def train_tail(
         "n_train": len(train_y),
         "n_val": len(val_y),
         "views": caches.train.views,
+        "feature_engine": feature_engine(data.feature_engine, device),
         "unfreeze_blocks": unfreeze_blocks,
         "trainable_parameters": sum(p.numel() for p in params),
         "backbone": base.backbone,
