@@ -241,7 +241,7 @@ class FeatureCache:
             unit="img",
             leave=False,
             mininterval=2,
-            disable=not distributed.is_main(),
+            disable=None if distributed.is_main() else True,  # None: no bar when not a terminal
         ) as bar:
             for v in range(views):
                 loader = DataLoader(
@@ -316,7 +316,8 @@ def prefix_engine(
     with tempfile.TemporaryDirectory(prefix="snakeid-prefix-") as tmp:
         path = Path(tmp) / "prefix.onnx"
         export_onnx(copy.deepcopy(prefix).cpu(), path, image_size, opset=17)
-        session = ort_session(path, torch.get_num_threads())
+        # no spin-waiting between runs: the threads would take the CPU from decoding the next batch
+        session = ort_session(path, torch.get_num_threads(), spin=False)
 
         def run_ort(x: torch.Tensor) -> np.ndarray:
             return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
@@ -722,7 +723,10 @@ def train_tail(
     train_y, val_y = caches.train_labels, caches.val_labels
     labels = np.unique(val_y)
     bar = tqdm(
-        total=fit.epochs, desc=f"{stage}: epochs", unit="epoch", disable=not distributed.is_main()
+        total=fit.epochs,
+        desc=f"{stage}: epochs",
+        unit="epoch",
+        disable=None if distributed.is_main() else True,
     )
 
     def progress(row: dict[str, float]) -> None:
@@ -732,6 +736,12 @@ def train_tail(
             val_f1=f"{row['val_macro_f1']:.3f}",
             img_s=f"{row['images_per_s']:.0f}",
         )
+        if bar.disable and distributed.is_main():  # not a terminal (CI, a log file): a line each
+            _logger.info(
+                "%s: epoch %d/%d loss %.3f val macro-F1 %.3f %.0f img/s",
+                stage, row["epoch"], fit.epochs, row["train_loss"], row["val_macro_f1"],
+                row["images_per_s"],
+            )  # fmt: skip
 
     with _scratch(caches.train.path.parent.parent) as tmp:
         train, val = caches.train, caches.val
