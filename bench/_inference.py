@@ -1,10 +1,11 @@
 """Inference: PyTorch eager vs ONNX Runtime FP32 vs ONNX Runtime INT8 (static QDQ, dynamic).
 
 Every variant of one backbone is timed in the same rounds, round-robin, so load from other
-processes hits all of them alike. Each round gives each variant a short block of calls whose
-first call is discarded: an ONNX Runtime session's thread pool spin-waits for a while after a
-run, and that spinning would otherwise steal the cores from the next variant (measured: 2-4x
-slower batch-1 calls when one call of each session alternates on 2 cores). Batch 1: median and
+processes hits all of them alike. Each round gives each variant a short block of calls, after a
+pause and one discarded call: the thread pools of ONNX Runtime sessions and of PyTorch's OpenMP
+spin-wait for a while after a run, and that spinning would otherwise steal the cores from the
+next variant (measured: 2-4x slower batch-1 calls when one call of each session alternates on
+2 cores). A deployed model has no such neighbours. Batch 1: median and
 p95 latency; batch 32: median throughput. Thread settings (ORT intra-op and torch threads: 1 vs
 all cores) and channels_last for eager are variants too: the "chosen by measurement" evidence.
 
@@ -34,6 +35,7 @@ _logger = logging.getLogger("bench.inference")
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 → logits (B, C)
 BLOCK = 5  # timed batch-1 calls per variant and round
+SETTLE_S = 0.25  # pause before each block: longer than the thread pools' spin-waits
 ALT = "onnx int8 static, other activations"
 
 
@@ -78,7 +80,8 @@ def time_variants(
     for r in range(-(-rounds1 // BLOCK)):
         names = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in names:
-            variants[name](x1)  # absorbs the previous variant's spinning threads
+            time.sleep(SETTLE_S)  # the previous variant's threads stop spinning
+            variants[name](x1)
             for _ in range(BLOCK):
                 t = time.perf_counter()
                 variants[name](x1)
@@ -86,6 +89,7 @@ def time_variants(
     for r in range(rounds32):
         names = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in names:
+            time.sleep(SETTLE_S)
             variants[name](x1)
             t = time.perf_counter()
             variants[name](x32)
