@@ -281,9 +281,6 @@ class FeatureCache:
         return 0 if self.array is None else self.array.shape[1]
 
 
-FEATURE_ENGINES = ("onnxruntime", "torch")
-
-
 def feature_engine(choice: str, device: str) -> str:
     """`data.feature_engine` resolved: auto = onnxruntime on the CPU, torch on a GPU."""
     if choice == "auto":
