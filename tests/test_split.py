@@ -217,3 +217,21 @@ def test_run_writes_three_csvs(tmp_path: Path) -> None:
             written = list(reader)
         assert written == result.splits[x]
         assert len(written) == result.metrics["photos"][x]
+
+
+def test_a_source_without_a_test_split_is_refused_before_training() -> None:
+    """A folder with train/ and val/ but no test/: split stops and says what to add."""
+    rows = [
+        clean_row(f"{s.name[-1]}{i}", s.name, f"{s.name[-1]}{i}", "train" if i < 4 else "val")
+        for s in SPECIES
+        for i in range(6)
+    ]
+    with pytest.raises(UserError, match=r"no photo in the test split: .*add a test/ folder"):
+        assign_splits(rows, SPECIES, CFG, seed=0)
+
+
+def test_fractions_that_leave_a_split_empty_are_refused() -> None:
+    rows = [clean_row(f"p{i}", SPECIES[0].name, f"o{i}") for i in range(10)]
+    cfg = SplitConfig(train=0.85, val=0.15, test=0.0)
+    with pytest.raises(UserError, match=r"no photo in the test split: .*raise split.test"):
+        assign_splits(rows, SPECIES[:1], cfg, seed=0)

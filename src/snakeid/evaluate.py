@@ -18,6 +18,7 @@ from snakeid.calibration import softmax, venomous_probability, venomous_rule_rep
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
+from snakeid.stage import UserError
 from snakeid.taxa import Species
 
 _logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def evaluate(
             dict(excluded),
         )
     if not kept:
-        raise ValueError("no test photos of trained species: nothing to evaluate")
+        raise UserError("no test photo of a species the model was trained on: nothing to evaluate")
     y = np.array([index[r["taxon"]] for r in kept])
     logits = predict(kept)
     probs = softmax(logits)

@@ -180,9 +180,35 @@ def assign_splits(
     for row in rows:
         x = split_of[observation_key(row)]
         splits[x].append(dict(row) | {"split": x})
+    _check_nonempty(splits, cfg, explicit_species, len(by_species))
     metrics = _metrics(splits, species, cfg, few, explicit_species)
     _log_summary(metrics)
     return SplitResult(splits, metrics)
+
+
+def _check_nonempty(
+    splits: Mapping[str, list[dict[str, str]]],
+    cfg: SplitConfig,
+    explicit_species: Sequence[str],
+    n_species: int,
+) -> None:
+    """Training needs train and val photos and evaluation test photos: an empty split stops
+    the pipeline here, not after training."""
+    empty = [x for x in SPLITS if not splits[x]]
+    if not empty:
+        return
+    if len(explicit_species) == n_species:
+        why = (
+            "the source set the split of every photo; add a "
+            f"{'/ and '.join(empty)}/ folder to it, or import a flat <species>/ folder and "
+            "let split draw all three"
+        )
+    else:
+        why = (
+            f"fractions {cfg.fractions}, and a species with few observations fills train "
+            f"first; add observations or raise {' and '.join(f'split.{x}' for x in empty)}"
+        )
+    raise UserError(f"no photo in the {' and '.join(empty)} split: {why}")
 
 
 def _metrics(
