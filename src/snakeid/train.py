@@ -296,17 +296,22 @@ def prefix_engine(
     → features float32 numpy.
 
     `onnxruntime` runs an FP32 ONNX export of the prefix (graph optimisations on, this
-    process's torch thread count); `torch` runs it eagerly in channels_last on `device`.
+    process's torch thread count); `torch` runs it eagerly in channels_last on `device`, and
+    leaves it on the CPU in the contiguous format afterwards.
     """
     prefix.eval()
     if engine == "torch":
+        prefix.to(device).to(memory_format=torch.channels_last)
 
         @torch.inference_mode()
         def run_torch(x: torch.Tensor) -> np.ndarray:
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             return prefix(x).float().cpu().numpy()
 
-        yield run_torch
+        try:
+            yield run_torch
+        finally:
+            prefix.to("cpu").to(memory_format=torch.contiguous_format)
         return
     from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
 
@@ -636,7 +641,7 @@ def cache_features(
     on these same features (the head stage passes them through the remaining frozen blocks).
     """
     device = resolve_device(base.device)
-    model.to(device).to(memory_format=torch.channels_last).eval()
+    model.eval()
     train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -653,7 +658,6 @@ def cache_features(
         )
         val = FeatureCache(out_dir, "val")
         val.fill(prefix, val_ds, views=1, seed=base.seed, desc="val features", **common)
-    model.to("cpu").to(memory_format=torch.contiguous_format)
     meta = _cache_key(base, data, cut, device) | {
         "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
