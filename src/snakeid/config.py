@@ -158,11 +158,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 class BaseConfig:
     seed: int = 42
     species_file: str = "data/taxa.yaml"
-    image_size: int = dataclasses.field(default=224, metadata=spec(ge=32, le=1024))
-    backbone: str = dataclasses.field(
-        default="efficientnet_lite0",
-        metadata=spec(choices=("efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0")),
-    )
+    # Input side; None = the backbone's native size (the largest one when there are several).
+    image_size: int | None = dataclasses.field(default=None, metadata=spec(ge=32, le=1024))
+    # One backbone, or a list whose pooled features are concatenated (names: snakeid.models).
+    backbone: str | tuple[str, ...] = "efficientnet_lite0"
     device: str = dataclasses.field(
         default="auto", metadata=spec(choices=("auto", "cpu", "cuda", "mps"))
     )
