@@ -1,9 +1,14 @@
-"""Stage evaluate: test-split metrics, per-species report, confusion matrix and predictions."""
+"""Stage evaluate: test-split metrics, per-species report, confusion matrix and predictions.
+
+The model runs in the feature cache's engine (`data.feature_engine`: ONNX Runtime FP32 on the
+CPU, which export_onnx checks against PyTorch to 1e-3 in logits)."""
 
 import argparse
 from pathlib import Path
 
 from snakeid.config import base_config, load_params, section
+from snakeid.data import DataConfig
+from snakeid.engine import feature_engine, prefix_engine
 from snakeid.evaluate import (
     EvaluateConfig,
     evaluate,
@@ -35,24 +40,27 @@ def main() -> None:
     base = base_config(params)
     cfg = section(params, "evaluate", EvaluateConfig)
     model_cfg = section(params, "model", ModelConfig)
+    data = section(params, "data", DataConfig)
     species = load_species(base.species_file)
     seed_everything(base.seed, base.deterministic)
     set_threads(base.threads)
     device = resolve_device(base.device)
 
     net, ckpt = load_checkpoint(args.model, species)
-    model = deployed(net, ckpt, model_cfg)
-    ev = evaluate(
-        lambda rows: predict_logits(model, rows, species, ckpt["image_size"], device=device),
-        read_manifest(args.split / "test.csv"),
-        read_manifest(args.split / "train.csv"),
-        species,
-        cfg,
-        seed=base.seed,
-        calibration=ckpt["calibration"],
-    )
+    size = ckpt["image_size"]
+    engine = feature_engine(data.feature_engine, device)
+    with prefix_engine(deployed(net, ckpt, model_cfg), engine, device, size) as run:
+        ev = evaluate(
+            lambda rows: predict_logits(run, rows, species, size),
+            read_manifest(args.split / "test.csv"),
+            read_manifest(args.split / "train.csv"),
+            species,
+            cfg,
+            seed=base.seed,
+            calibration=ckpt["calibration"],
+        )
     metrics = ev.metrics | {
-        "backbone": ckpt["backbone"],
+        "backbone": "+".join(ckpt["backbone"]),
         "pretrained": ckpt["metrics"]["pretrained"],
         "tta_flip": model_cfg.tta_flip,
     }

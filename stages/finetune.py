@@ -1,19 +1,26 @@
-"""Stage finetune: unfreeze the last feature block(s) and train them with the classifier.
+"""Stage finetune: unfreeze the last feature block(s) and train them with the classifier, then
+fit the softmax temperature and the "possibly venomous" threshold on held-out logits.
+
+With `finetune.enabled: false` the head is the final model and only the calibration runs.
 
 Runs as one process, or as N data-parallel ranks under torchrun (`distributed.nproc`).
 """
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
-from snakeid.models import load_checkpoint, save_checkpoint
-from snakeid.stage import run_stage
+from snakeid.models import SnakeNet, load_checkpoint, save_checkpoint
+from snakeid.stage import UserError, run_stage
 from snakeid.train import (
+    PLOT_COLUMNS,
     FinetuneConfig,
+    Setup,
     TrainHeadConfig,
+    finetune_settings,
     fit_spec,
     load_caches,
     prepare,
@@ -39,13 +46,15 @@ def main() -> None:
     setup = prepare(params)
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
-    fit = fit_spec(
-        cfg,
-        setup,
-        epochs=cfg.epochs or max(2, head_cfg.epochs // 2),
-        lr=head_cfg.lr * cfg.lr_scale,
-        seed=setup.base.seed + 1,  # a different epoch order from the head stage
-    )
+    if not cfg.enabled:
+        _calibrate_head(args, model, head_ckpt, cfg, setup)
+        return
+    if head_ckpt["params"]["train_head"].get("refit"):
+        raise UserError(
+            "the head was refitted on train+val (train_head.refit); finetune would choose its "
+            "epoch on photos the head trained on: set train_head.refit: false"
+        )
+    fit = fit_spec(cfg, setup, **finetune_settings(head_cfg, cfg, setup.base.seed))
     caches = load_caches(
         args.features,
         split_dir=args.split,
@@ -65,6 +74,7 @@ def main() -> None:
         miss_target=cfg.venomous_miss_target,
     )
     metrics = result.metrics | {
+        "enabled": True,
         "calibration": calibration,
         "lr": fit.lr,
         "pretrained": head_ckpt["metrics"]["pretrained"],
@@ -76,8 +86,6 @@ def main() -> None:
         args.model_out,
         result.model,
         species=setup.species,
-        backbone=head_ckpt["backbone"],
-        image_size=head_ckpt["image_size"],
         preprocess=head_ckpt["preprocess"],
         params=head_ckpt["params"] | setup.provenance(finetune=cfg),
         stage="finetune",
@@ -86,6 +94,48 @@ def main() -> None:
     )
     write_json(args.metrics, metrics)
     write_csv(args.plot, result.fit.history)
+
+
+def _calibrate_head(
+    args: argparse.Namespace,
+    model: SnakeNet,
+    head_ckpt: dict[str, Any],
+    cfg: FinetuneConfig,
+    setup: Setup,
+) -> None:
+    """`finetune.enabled: false`: the head is the final model; fit its temperature and venomous
+    threshold on the head's holdout logits (val, or out-of-fold train+val after a refit)."""
+    holdout = head_ckpt["holdout"]
+    calibration = calibrate_on_val(
+        holdout["logits"].numpy(),
+        holdout["labels"].numpy(),
+        setup.species,
+        temperature_scaling=cfg.temperature_scaling,
+        miss_target=cfg.venomous_miss_target,
+    )
+    head = head_ckpt["metrics"]
+    metrics = {
+        "enabled": False,
+        "val_macro_f1": head["val_macro_f1"],  # the head's: nothing more was trained
+        "calibrated_on": holdout["source"],
+        "calibration": calibration,
+        "pretrained": head["pretrained"],
+        "head_val_macro_f1": head["val_macro_f1"],
+    }
+    if not distributed.is_main():
+        return
+    save_checkpoint(
+        args.model_out,
+        model,
+        species=setup.species,
+        preprocess=head_ckpt["preprocess"],
+        params=head_ckpt["params"] | setup.provenance(finetune=cfg),
+        stage="finetune",
+        metrics=metrics,
+        calibration=calibration,
+    )
+    write_json(args.metrics, metrics)
+    write_csv(args.plot, [], fieldnames=PLOT_COLUMNS)  # no epochs: an empty curve
 
 
 if __name__ == "__main__":

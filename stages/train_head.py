@@ -1,7 +1,8 @@
 """Stage train_head: train the classifier on a frozen, ImageNet-pretrained backbone.
 
-The frozen backbone runs once per training photo and augmentation view, up to where `finetune`
-will unfreeze blocks; those features are saved (`--features`) and both stages train on them.
+The frozen backbone(s) run once per training photo and view, up to where `finetune` will
+unfreeze blocks (pooled features when it trains none); those features are saved (`--features`)
+and both stages train on them. The head is a linear probe (default) or trained by AdamW.
 Runs as one process, or as N data-parallel ranks under torchrun (`distributed.nproc`).
 """
 
@@ -9,17 +10,29 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from snakeid import distributed
 from snakeid.config import load_params, section
 from snakeid.data import eval_preprocess_spec
-from snakeid.models import ModelConfig, build_model, save_checkpoint
-from snakeid.stage import run_stage
+from snakeid.models import (
+    ModelConfig,
+    backbone_list,
+    build_model,
+    save_checkpoint,
+    trunk_sizes,
+)
+from snakeid.stage import UserError, run_stage
 from snakeid.train import (
+    PLOT_COLUMNS,
     FinetuneConfig,
+    Holdout,
     TrainHeadConfig,
     cache_features,
     fit_spec,
     prepare,
+    probe_balance,
+    train_probe,
     train_tail,
 )
 from snakeid.utils import write_csv, write_json
@@ -43,20 +56,39 @@ def main() -> None:
     finetune = section(params, "finetune", FinetuneConfig)
     setup = prepare(params)
     base = setup.base
+    backbones = backbone_list(base.backbone)
+    if cfg.refit and cfg.method != "probe":
+        raise UserError("train_head.refit: true needs train_head.method: probe")
+    if cfg.refit and finetune.enabled:
+        raise UserError(
+            "train_head.refit trains the head on val photos, but finetune chooses its epoch on "
+            "them: set finetune.enabled: false or train_head.refit: false"
+        )
+    balanced = probe_balance(setup.data, setup.loss) if cfg.method == "probe" else False
 
-    model = build_model(base.backbone, len(setup.species), model_cfg)
+    sizes = trunk_sizes(backbones, base.image_size)
+    model = build_model(backbones, len(setup.species), model_cfg, sizes=sizes)
     caches = cache_features(
         model,
-        model.cut(finetune.unfreeze_blocks),
+        model.cut(finetune.unfreeze_blocks if finetune.enabled else 0),
         args.features,
         split_dir=args.split,
         species=setup.species,
         base=base,
         data=setup.data,
     )
-    fit = fit_spec(cfg, setup, epochs=cfg.epochs, lr=cfg.lr, seed=base.seed)
-    result = train_tail(model, 0, caches, base=base, data=setup.data, fit=fit, stage="train_head")
-    metrics = result.metrics | {"pretrained": model_cfg.pretrained}
+    if cfg.method == "probe":
+        metrics, holdout = train_probe(model, caches, cfg, balanced=balanced, seed=base.seed)
+        history = [{"epoch": 1} | {k: metrics[k] for k in PLOT_COLUMNS[1:]}]  # one fit
+    else:
+        fit = fit_spec(cfg, setup, epochs=cfg.epochs, lr=cfg.lr, seed=base.seed)
+        result = train_tail(
+            model, 0, caches, base=base, data=setup.data, fit=fit, stage="train_head"
+        )
+        metrics = {"method": "sgd"} | result.metrics
+        holdout = Holdout(result.fit.val_logits, result.val_labels, "val")
+        history = result.fit.history
+    metrics |= {"pretrained": model_cfg.pretrained}
     if not model_cfg.pretrained:
         metrics["warning"] = "backbone NOT pretrained: random features, expect poor accuracy"
         _logger.warning(metrics["warning"])
@@ -64,17 +96,20 @@ def main() -> None:
         return
     save_checkpoint(
         args.model_out,
-        result.model,
+        model,
         species=setup.species,
-        backbone=base.backbone,
-        image_size=base.image_size,
-        preprocess=eval_preprocess_spec(base.image_size),
+        preprocess=eval_preprocess_spec(model.input_size),
         params=setup.provenance(model=model_cfg, train_head=cfg),
         stage="train_head",
         metrics=metrics,
+        holdout={
+            "logits": torch.from_numpy(holdout.logits).float(),
+            "labels": torch.from_numpy(holdout.labels).long(),
+            "source": holdout.source,
+        },
     )
     write_json(args.metrics, metrics)
-    write_csv(args.plot, result.fit.history)
+    write_csv(args.plot, history)
 
 
 if __name__ == "__main__":

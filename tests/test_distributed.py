@@ -27,8 +27,9 @@ STAGES = ("train_head", "finetune")
 PARAMS = {
     "base": {"seed": 3, "image_size": 64, "device": "cpu", "threads": 1},
     "data": {"batch_size": 8, "views": 2},
-    "train_head": {"epochs": 2},
-    "finetune": {"epochs": 2},
+    # the AdamW stages are what runs data-parallel (the probe fits once, on every rank alike)
+    "train_head": {"method": "sgd", "refit": False, "epochs": 2},
+    "finetune": {"enabled": True, "epochs": 2},
 }
 
 

@@ -84,11 +84,11 @@ def test_finetune_changes_only_the_unfrozen_blocks_and_classifier(split_dir):
     _train(model, 2, split_dir, _fit(epochs=2))
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    allowed = (f"features.{n - 1}.", f"features.{n - 2}.", "classifier.")
+    allowed = (f"trunks.0.features.{n - 1}.", f"trunks.0.features.{n - 2}.", "classifier.")
     assert changed and all(k.startswith(allowed) for k in changed), sorted(changed)
     # the unfrozen blocks' BatchNorm statistics do move (they are trained)
-    assert any(k.startswith(f"features.{n - 1}.") and "running_mean" in k for k in changed)
-    assert any(k.startswith(f"features.{n - 2}.") for k in changed)
+    assert any(k.startswith(f"trunks.0.features.{n - 1}.") and "running_mean" in k for k in changed)
+    assert any(k.startswith(f"trunks.0.features.{n - 2}.") for k in changed)
 
 
 def test_training_is_deterministic(split_dir):

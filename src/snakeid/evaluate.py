@@ -38,24 +38,19 @@ class Evaluation:
     labels: np.ndarray  # (N,)
 
 
-@torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module,
+    run: Callable[[torch.Tensor], np.ndarray],
     rows: Sequence[dict[str, str]],
     species: Sequence[Species],
     image_size: int,
     *,
     batch_size: int = 32,
-    device: str = "cpu",
 ) -> np.ndarray:
-    """Logits (N, C) of `model` on `rows` through the shared eval transform."""
+    """Logits (N, C) of `run` (a model as `snakeid.engine.prefix_engine` runs it) on `rows`
+    through the shared eval transform."""
     ds = SplitDataset(rows, species, eval_transform(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    model.eval().to(device)
-    out = [
-        model(x.to(device)).float().cpu().numpy()
-        for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False)
-    ]
+    out = [run(x) for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False)]
     return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
 
 

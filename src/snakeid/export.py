@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,20 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int)
     model = model.eval().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns that it cannot constant-fold Slice ops with steps > 1
+        # (the graph is correct and ORT folds them); nothing for a user to act on.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+        # dynamo=False on purpose (the dynamo exporter needs onnxscript); it works in torch 2.14
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+        _export(model, dummy, path, opset)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def _export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
     torch.onnx.export(
         model,
         (dummy,),
@@ -51,7 +66,6 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int)
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         do_constant_folding=True,
     )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
 def ort_session(path: Path, threads: int = 0, *, spin: bool = True) -> Any:
@@ -125,8 +139,14 @@ def model_meta(ckpt: dict[str, Any], cfg: ExportConfig, *, tta_flip: bool) -> di
         "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
         "temperature": ckpt["calibration"]["temperature"],
         "tta_flip": tta_flip,
-        "backbone": ckpt["backbone"],
+        "backbone": "+".join(ckpt["backbone"]),
         "image_size": ckpt["image_size"],
+        # One input for every trunk; a trunk whose side differs resizes it inside the graph
+        # (bilinear), so `preprocess` is the whole preprocessing an application does.
+        "trunks": [
+            {"backbone": b, "size": size}
+            for b, size in zip(ckpt["backbone"], ckpt["trunk_sizes"], strict=True)
+        ],
         "params_digest": sha256_json(ckpt["params"]),
         "created_by": f"snakeid {__version__}",
         "decision": {

@@ -107,14 +107,28 @@ def quantize(
         )
 
 
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
 def _edge_nodes(path: Path) -> list[str]:
-    """Names of the first and the last weighted node (Conv/Gemm/MatMul) of the graph."""
+    """Names of the first weighted node (Conv/Gemm/MatMul) on every path from the input (one
+    per trunk: each reads raw pixels, maybe resized) and of the last weighted node (logits)."""
     import onnx
 
-    weighted = [
-        n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
-    ]
-    return [weighted[0], weighted[-1]] if weighted else []
+    graph = onnx.load(str(path)).graph
+    weighted = [n.name for n in graph.node if n.op_type in WEIGHTED]
+    if not weighted:
+        return []
+    reached = {i.name for i in graph.input}  # tensors computed from the input without weights
+    first = []
+    for node in graph.node:  # topologically sorted
+        if not reached.intersection(node.input):
+            continue
+        if node.op_type in WEIGHTED:
+            first.append(node.name)
+        else:
+            reached.update(node.output)
+    return [*dict.fromkeys([*first, weighted[-1]])]
 
 
 @contextlib.contextmanager

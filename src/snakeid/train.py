@@ -42,9 +42,12 @@ from tqdm import tqdm
 from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
 from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
+from snakeid.engine import feature_engine, prefix_engine
 from snakeid.manifest import read_manifest
 from snakeid.metrics import balanced_accuracy, macro_f1
-from snakeid.models import SnakeNet
+from snakeid.models import SnakeNet, backbone_list
+from snakeid.probe import fit_probe, out_of_fold_logits, stack_views
+from snakeid.split import observation_key
 from snakeid.stage import UserError
 from snakeid.taxa import Species, load_species
 from snakeid.utils import resolve_device, seed_everything, worker_seed, write_json
@@ -52,6 +55,8 @@ from snakeid.utils import resolve_device, seed_everything, worker_seed, write_js
 _logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
+PROGRESS_EVERY_S = 20  # a log line this often in long loops when stdout is not a terminal
+PLOT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1")  # what dvc.yaml's plots read
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,14 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class TrainHeadConfig:
+    # probe: L2-regularised logistic regression on standardised pooled features (snakeid.probe),
+    # solved to convergence; sgd: AdamW over `epochs`, best epoch on val.
+    method: str = field(default="probe", metadata=spec(choices=("probe", "sgd")))
+    probe_c: float = field(default=0.1, metadata=spec(gt=0.0))  # inverse L2 strength
+    # probe: fit the final head on train+val; temperature and venomous threshold then come from
+    # out-of-fold logits (grouped k-fold over train+val), never from photos the head saw.
+    refit: bool = True
+    refit_folds: int = field(default=5, metadata=spec(ge=2))
     epochs: int = field(default=10, metadata=spec(ge=1))
     lr: float = field(default=1e-3, metadata=spec(gt=0.0))
     weight_decay: float = field(default=0.01, metadata=spec(ge=0.0))
@@ -84,6 +97,9 @@ class TrainHeadConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    # false: the head is the final model (finetune only calibrates it); on real photos training
+    # blocks did not beat the linear probe (bench/cv.md)
+    enabled: bool = False
     epochs: int | None = field(default=None, metadata=spec(ge=1))  # None: max(2, head epochs // 2)
     unfreeze_blocks: int = field(default=1, metadata=spec(ge=0))
     lr_scale: float = field(default=0.5, metadata=spec(gt=0.0))
@@ -214,27 +230,26 @@ class FeatureCache:
     def fill(
         self,
         prefix: Callable[[torch.Tensor], np.ndarray],
-        dataset: Dataset,
+        datasets: Sequence[Dataset],
         *,
-        views: int,
         batch_size: int,
         workers: int,
         seed: int,
         desc: str,
     ) -> None:
-        """Run `prefix` (see `prefix_engine`) over `views` augmented views of this rank's
-        shard of `dataset`.
+        """Run `prefix` (see `prefix_engine`) over this rank's shard of the photos, one view
+        per entry of `datasets` (the same photos, each through its own transform).
 
         Each (view, photo) is augmented from its own seed, so the cache is the same whatever
         the number of ranks, DataLoader workers or the batch size.
         """
-        n = len(dataset)
+        views, n = len(datasets), len(datasets[0])
         mine = distributed.strided(n)
-        x0 = _SeededViews(dataset, np.zeros(1, dtype=int), 0, seed)[0][0]
+        x0 = _SeededViews(datasets[0], np.zeros(1, dtype=int), 0, seed)[0][0]
         shape = prefix(x0[None]).shape[1:]
         self._create((views, n, *shape))
         assert self.array is not None
-        started = time.perf_counter()
+        started = said = time.perf_counter()
         with tqdm(
             total=views * len(mine),
             desc=desc,
@@ -243,7 +258,7 @@ class FeatureCache:
             mininterval=2,
             disable=None if distributed.is_main() else True,  # None: no bar when not a terminal
         ) as bar:
-            for v in range(views):
+            for v, dataset in enumerate(datasets):
                 loader = DataLoader(
                     _SeededViews(dataset, mine, v, seed),
                     batch_size=batch_size,
@@ -255,7 +270,15 @@ class FeatureCache:
                     y = prefix(x).astype(np.float16)  # (B, ...)
                     self.array[v, idx.numpy()] = y
                     bar.update(len(y))
-                    bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - started):.1f}")
+                    rate = bar.n / (time.perf_counter() - started)
+                    bar.set_postfix(img_s=f"{rate:.1f}")
+                    if (
+                        bar.disable
+                        and distributed.is_main()
+                        and time.perf_counter() - said >= PROGRESS_EVERY_S
+                    ):
+                        said = time.perf_counter()  # not a terminal: a log line instead of a bar
+                        _logger.info("%s: %d/%d (%.1f img/s)", desc, bar.n, bar.total, rate)
         self._share()
         self.seconds = time.perf_counter() - started
         self.images_per_s = views * n / self.seconds if self.seconds else float("nan")
@@ -279,52 +302,6 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return 0 if self.array is None else self.array.shape[1]
-
-
-def feature_engine(choice: str, device: str) -> str:
-    """`data.feature_engine` resolved: auto = onnxruntime on the CPU, torch on a GPU."""
-    if choice == "auto":
-        return "onnxruntime" if device == "cpu" else "torch"
-    return choice
-
-
-@contextlib.contextmanager
-def prefix_engine(
-    prefix: nn.Module, engine: str, device: str, image_size: int
-) -> Iterator[Callable[[torch.Tensor], np.ndarray]]:
-    """The frozen `prefix` (eval mode, no autograd) as a function: images (B, 3, H, W) float32
-    → features float32 numpy.
-
-    `onnxruntime` runs an FP32 ONNX export of the prefix (graph optimisations on, this
-    process's torch thread count); `torch` runs it eagerly in channels_last on `device`, and
-    leaves it on the CPU in the contiguous format afterwards.
-    """
-    prefix.eval()
-    if engine == "torch":
-        prefix.to(device).to(memory_format=torch.channels_last)
-
-        @torch.inference_mode()
-        def run_torch(x: torch.Tensor) -> np.ndarray:
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            return prefix(x).float().cpu().numpy()
-
-        try:
-            yield run_torch
-        finally:
-            prefix.to("cpu").to(memory_format=torch.contiguous_format)
-        return
-    from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
-
-    with tempfile.TemporaryDirectory(prefix="snakeid-prefix-") as tmp:
-        path = Path(tmp) / "prefix.onnx"
-        export_onnx(copy.deepcopy(prefix).cpu(), path, image_size, opset=17)
-        # no spin-waiting between runs: the threads would take the CPU from decoding the next batch
-        session = ort_session(path, torch.get_num_threads(), spin=False)
-
-        def run_ort(x: torch.Tensor) -> np.ndarray:
-            return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-
-        yield run_ort
 
 
 def cache_dir() -> tempfile.TemporaryDirectory:
@@ -591,22 +568,31 @@ FEATURES_META = "features.json"
 
 @dataclass
 class Caches:
-    """Frozen features of the train (several augmented views) and val (one eval view) photos,
-    taken after `features[:cut]`, with their labels."""
+    """Frozen features of the train and val photos, taken at `cut` (see `SnakeNet.prefix`), with
+    their labels and observation groups. Each photo has `data.views` views: view 0 through the
+    eval transform, the others augmented; validation reads view 0."""
 
     train: FeatureCache
     val: FeatureCache
     train_labels: np.ndarray
     val_labels: np.ndarray
     cut: int
+    train_groups: list[str]
+    val_groups: list[str]
 
 
-def _split_data(
-    split_dir: Path, species: Sequence[Species], image_size: int, data: DataConfig
-) -> tuple[SplitDataset, SplitDataset]:
+def view_datasets(
+    rows: Sequence[dict[str, str]], species: Sequence[Species], image_size: int, data: DataConfig
+) -> list[SplitDataset]:
+    """One dataset per cached view of `rows`: view 0 through the eval transform (what the model
+    sees at test time), views 1.. through the training augmentation."""
     augment = train_transform(image_size, augment=data.augment, random_erasing=data.random_erasing)
-    train = SplitDataset.from_csv(split_dir / "train.csv", species, augment)
-    val = SplitDataset.from_csv(split_dir / "val.csv", species, eval_transform(image_size))
+    plain = SplitDataset(rows, species, eval_transform(image_size))
+    return [plain, *(SplitDataset(rows, species, augment) for _ in range(data.views - 1))]
+
+
+def _split_rows(split_dir: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    train, val = read_manifest(split_dir / "train.csv"), read_manifest(split_dir / "val.csv")
     if len(train) == 0 or len(val) == 0:
         raise UserError(f"{split_dir}: the train and val splits must both hold photos")
     return train, val
@@ -616,7 +602,7 @@ def _cache_key(base: BaseConfig, data: DataConfig, cut: int, device: str) -> dic
     return {
         "cut": cut,
         "feature_engine": feature_engine(data.feature_engine, device),
-        "backbone": base.backbone,
+        "backbone": list(backbone_list(base.backbone)),
         "image_size": base.image_size,
         "seed": base.seed,
         "views": data.views,
@@ -635,29 +621,33 @@ def cache_features(
     base: BaseConfig,
     data: DataConfig,
 ) -> Caches:
-    """Run the frozen `features[:cut]` once over every train view and val photo; save to disk.
+    """Run the frozen `model.prefix(cut)` once over every train view and val photo; save to disk.
 
     `cut` is where the fine-tuning stage's trainable blocks begin, so both training stages train
-    on these same features (the head stage passes them through the remaining frozen blocks).
+    on these same features (the head stage passes them through the remaining frozen blocks);
+    `cut == model.depth` caches the pooled features of every trunk.
     """
     device = resolve_device(base.device)
     model.eval()
-    train_ds, val_ds = _split_data(split_dir, species, base.image_size, data)
+    size = model.input_size
+    train_rows, val_rows = _split_rows(split_dir)
+    train_views = view_datasets(train_rows, species, size, data)
+    val_views = view_datasets(val_rows, species, size, data)
+    train_ds, val_ds = train_views[0], val_views[0]
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in out_dir.glob("*"):
             old.unlink()
     distributed.barrier()
     engine = feature_engine(data.feature_engine, device)
-    _logger.info("frozen features[:%d] computed by %s", cut, engine)
-    common = dict(batch_size=data.batch_size, workers=data.workers)
-    with prefix_engine(model.features[:cut], engine, device, base.image_size) as prefix:
+    where = "pooled" if cut == model.depth else f"features[:{cut}]"
+    _logger.info("frozen %s of %s computed by %s", where, "+".join(model.backbones), engine)
+    common = dict(batch_size=data.batch_size, workers=data.workers, seed=base.seed)
+    with prefix_engine(model.prefix(cut), engine, device, size) as prefix:
         train = FeatureCache(out_dir, "train")
-        train.fill(
-            prefix, train_ds, views=data.views, seed=base.seed, desc="train features", **common
-        )
+        train.fill(prefix, train_views, desc="train features", **common)
         val = FeatureCache(out_dir, "val")
-        val.fill(prefix, val_ds, views=1, seed=base.seed, desc="val features", **common)
+        val.fill(prefix, val_views, desc="val features", **common)
     meta = _cache_key(base, data, cut, device) | {
         "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
@@ -668,7 +658,15 @@ def cache_features(
     }
     if distributed.is_main():
         write_json(out_dir / FEATURES_META, meta)
-    return Caches(train, val, np.array(train_ds.labels), np.array(val_ds.labels), cut)
+    return Caches(
+        train,
+        val,
+        np.array(train_ds.labels),
+        np.array(val_ds.labels),
+        cut,
+        [observation_key(r) for r in train_rows],
+        [observation_key(r) for r in val_rows],
+    )
 
 
 def load_caches(
@@ -681,9 +679,9 @@ def load_caches(
     meta = json.loads(path.read_text())
     want = _cache_key(base, data, cut, resolve_device(base.device))
     stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
-    for split in ("train", "val"):
-        ids = [r["photo_id"] for r in read_manifest(split_dir / f"{split}.csv")]
-        if ids != meta[f"{split}_photo_ids"]:
+    rows = dict(zip(("train", "val"), _split_rows(split_dir), strict=True))
+    for split, split_rows in rows.items():
+        if [r["photo_id"] for r in split_rows] != meta[f"{split}_photo_ids"]:
             stale[f"{split} photos"] = ("cached", "changed")
     if stale:
         raise UserError(
@@ -695,6 +693,8 @@ def load_caches(
         np.array(meta["train_labels"]),
         np.array(meta["val_labels"]),
         cut,
+        [observation_key(r) for r in rows["train"]],
+        [observation_key(r) for r in rows["val"]],
     )
 
 
@@ -780,13 +780,105 @@ def train_tail(
         "feature_engine": feature_engine(data.feature_engine, device),
         "unfreeze_blocks": unfreeze_blocks,
         "trainable_parameters": sum(p.numel() for p in params),
-        "backbone": base.backbone,
-        "image_size": base.image_size,
+        "backbone": "+".join(model.backbones),
+        "image_size": model.input_size,
         "device": device,
         "processes": distributed.world_size(),
         "batch_size": fit.batch_size,  # global: each process takes batch_size / processes
     }
     return StageResult(model, result, metrics, val_y)
+
+
+@dataclass
+class Holdout:
+    """Logits of photos the model did not train on, for calibration: the val photos, or with a
+    refit, every train+val photo predicted by a probe fitted without its observation's fold."""
+
+    logits: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+    source: str  # "val" | "out-of-fold train+val"
+
+
+def probe_balance(data: DataConfig, loss: LossConfig) -> bool:
+    """The probe's one imbalance correction: `loss.class_weighting: inverse` ("balanced")."""
+    unsupported = [
+        name
+        for name, on in (
+            ("data.sampler: balanced", data.sampler != "none"),
+            ("loss.logit_adjustment", loss.logit_adjustment > 0),
+            ("loss.label_smoothing", loss.label_smoothing > 0),
+            (
+                f"loss.class_weighting: {loss.class_weighting}",
+                loss.class_weighting not in ("none", "inverse"),
+            ),
+        )
+        if on
+    ]
+    if unsupported:
+        raise UserError(
+            f"train_head.method: probe does not use {', '.join(unsupported)} (it supports "
+            "loss.class_weighting: none | inverse); use train_head.method: sgd for them"
+        )
+    return loss.class_weighting == "inverse"
+
+
+def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item())
+
+
+def train_probe(
+    model: SnakeNet, caches: Caches, cfg: TrainHeadConfig, *, balanced: bool, seed: int
+) -> tuple[dict[str, Any], Holdout]:
+    """Fit the head as a linear probe on the pooled features (all cached views); load it into
+    `model.classifier`. Returns its metrics and the holdout logits for calibration."""
+    if caches.cut != model.depth:
+        raise UserError("train_head.method: probe trains on pooled features (finetune.enabled: "
+                        "false or finetune.unfreeze_blocks: 0)")  # fmt: skip
+    n_classes = model.classifier.out_features
+    train = np.asarray(caches.train.array)  # (V, N, D)
+    val = np.asarray(caches.val.array)
+    yt, yv = caches.train_labels, caches.val_labels
+    labels = np.unique(yv)
+    common = dict(c=cfg.probe_c, balanced=balanced)
+    if cfg.refit:
+        every = np.concatenate([train, val], axis=1)
+        y = np.concatenate([yt, yv])
+        oof = out_of_fold_logits(
+            every, y, caches.train_groups + caches.val_groups, n_classes,
+            k=cfg.refit_folds, seed=seed, **common,
+        )  # fmt: skip
+        holdout = Holdout(oof, y, "out-of-fold train+val")
+        val_logits = oof[len(yt) :]
+        probe = fit_probe(stack_views(every), np.tile(y, len(every)), n_classes, **common)
+    else:
+        probe = fit_probe(stack_views(train), np.tile(yt, len(train)), n_classes, **common)
+        val_logits = probe.logits(val[0])
+        holdout = Holdout(val_logits, yv, "val")
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(probe.weight))
+        model.classifier.bias.copy_(torch.from_numpy(probe.bias))
+    pred = val_logits.argmax(1)
+    metrics = {
+        "method": "probe",
+        "refit": cfg.refit,
+        "val_macro_f1": macro_f1(yv, pred, labels),
+        "val_accuracy": float((pred == yv).mean()),
+        "val_balanced_accuracy": balanced_accuracy(yv, pred, labels),
+        "val_loss": _log_loss(val_logits, yv),
+        "train_loss": _log_loss(probe.logits(train[0]), yt),
+        "n_train": len(yt) + (len(yv) if cfg.refit else 0),
+        "n_val": len(yv),
+        "views": len(train),
+    }
+    if cfg.refit:
+        all_pred = holdout.logits.argmax(1)
+        metrics["oof_macro_f1"] = macro_f1(holdout.labels, all_pred, np.unique(holdout.labels))
+    _logger.info(
+        "train_head: probe (C=%g%s), val macro-F1 %.4f%s",
+        cfg.probe_c, ", refit on train+val" if cfg.refit else "", metrics["val_macro_f1"],
+        " (out of fold)" if cfg.refit else "",
+    )  # fmt: skip
+    return metrics, holdout
 
 
 @dataclass
@@ -820,6 +912,15 @@ def fit_spec(
         ema_decay=cfg.ema_decay,
         layer_lr_decay=getattr(cfg, "layer_lr_decay", 1.0),
     )
+
+
+def finetune_settings(head: TrainHeadConfig, cfg: FinetuneConfig, seed: int) -> dict[str, Any]:
+    """The finetune stage's epochs, lr and seed, derived from the head's settings."""
+    return {
+        "epochs": cfg.epochs or max(2, head.epochs // 2),
+        "lr": head.lr * cfg.lr_scale,
+        "seed": seed + 1,  # a different epoch order from the head stage
+    }
 
 
 def prepare(params: dict[str, Any]) -> Setup:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write a list of flat dicts (same keys) as CSV; floats rounded for readable diffs."""
+def write_csv(
+    path: str | Path, rows: list[dict[str, Any]], fieldnames: Sequence[str] | None = None
+) -> None:
+    """Write a list of flat dicts (same keys) as CSV; floats rounded for readable diffs.
+    `fieldnames` gives the header when there may be no rows."""
     import csv
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer = csv.DictWriter(f, fieldnames=fieldnames or (list(rows[0]) if rows else []))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
