@@ -38,7 +38,14 @@ from snakeid.config import load_params, section
 from snakeid.data import SplitDataset, eval_transform, train_transform
 from snakeid.metrics import balanced_accuracy, macro_f1
 from snakeid.models import ModelConfig, SnakeNet, build_model, load_checkpoint
-from snakeid.train import FinetuneConfig, Setup, TrainHeadConfig, class_weights, prepare
+from snakeid.train import (
+    FinetuneConfig,
+    Setup,
+    TrainHeadConfig,
+    class_weights,
+    finetune_settings,
+    prepare,
+)
 from snakeid.utils import setup_logging, worker_seed
 
 _logger = logging.getLogger("study_loop")
@@ -174,8 +181,8 @@ def main() -> None:
         cfg = section(params, "finetune", FinetuneConfig)
         model, _ = load_checkpoint(args.head, setup.species)
         unfreeze = cfg.unfreeze_blocks
-        epochs = cfg.epochs or max(2, head_cfg.epochs // 2)  # the finetune stage's rule
-        lr, seed = head_cfg.lr * cfg.lr_scale, setup.base.seed + 1
+        rule = finetune_settings(head_cfg, cfg, setup.base.seed)  # the finetune stage's rule
+        epochs, lr, seed = rule["epochs"], rule["lr"], rule["seed"]
         wd, metric = cfg.weight_decay, cfg.select_metric
     result = run(
         model,

@@ -1,0 +1,471 @@
+"""Recipe comparison by grouped k-fold cross-validation on a folder of real photos.
+
+    python bench/cv.py --data ../shared/realdata/ph-snakes-dev --out bench/cv.json
+    python bench/cv.py --fast --out /tmp/cv-fast.json      # tiny synthetic smoke run
+
+Protocol:
+
+* The photos go through the real pipeline code once: the `folder` source and `verify` (the
+  verify params of params.yaml) into a work dir under /tmp. A folder that comes with train/ and
+  val/ is pooled first: cross-validation uses every photo.
+* The frozen backbones run once per photo and view through the pipeline's own feature code
+  (`snakeid.train.view_datasets`, `FeatureCache.fill`, `prefix_engine`): view 0 is the eval
+  transform, views 1.. the training augmentation. One pass of the multi-backbone model gives every
+  trunk's pooled features; a single-backbone recipe reads its trunk's columns. The previous
+  default (Lite0 with 2 fine-tuned blocks) needs features before those blocks: a second pass.
+* k folds, stratified by species and grouped by observation (`snakeid.probe.grouped_folds`).
+  Every recipe trains on k-1 folds and is scored on the held-out fold, with the pipeline's own
+  functions: the linear probe (`snakeid.probe`) with the refit protocol of `train_head` (temperature
+  and venomous threshold from out-of-fold logits of the training folds), and the AdamW recipes
+  (`snakeid.train.fit_tail`) with an inner grouped val split for epoch and calibration, as in the
+  pipeline without refit.
+* Reported per recipe: mean ± sd over folds of macro-F1, balanced accuracy, venomous → harmless
+  (share of venomous photos whose top-1 is a harmless species), and the "possibly venomous"
+  rule's miss and harmless-flag rates at its fitted threshold; training seconds per fold.
+
+Nothing derived from the photos is written outside the work dir; the JSON/markdown hold
+aggregate numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from snakeid import verify  # noqa: E402
+from snakeid.calibration import (  # noqa: E402
+    calibrate_on_val,
+    softmax,
+    venomous_probability,
+    venomous_rule_report,
+)
+from snakeid.config import load_params, section  # noqa: E402
+from snakeid.data import DataConfig  # noqa: E402
+from snakeid.manifest import read_manifest  # noqa: E402
+from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
+from snakeid.models import ModelConfig, SnakeNet, build_model, trunk_sizes  # noqa: E402
+from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
+from snakeid.sources import DownloadConfig, run_download  # noqa: E402
+from snakeid.split import observation_key  # noqa: E402
+from snakeid.taxa import Species, load_species  # noqa: E402
+from snakeid.train import (  # noqa: E402
+    FeatureCache,
+    FinetuneConfig,
+    LossConfig,
+    TrainHeadConfig,
+    finetune_settings,
+    fit_tail,
+    freeze_all_but,
+    prefix_engine,
+    view_datasets,
+)
+from snakeid.utils import seed_everything, write_json  # noqa: E402
+
+_logger = logging.getLogger("cv")
+
+ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: folder source + verify once
+
+
+def pooled_folder(data: Path, pool: Path) -> Path:
+    """`<data>/{train,val,test}/<Species>/f` → `<pool>/<Species>/<split>__f` (symlinks), so that
+    cross-validation sees every photo. A flat folder is used as it is."""
+    splits = [
+        d for d in sorted(data.iterdir()) if d.is_dir() and d.name in ("train", "val", "test")
+    ]
+    if not splits:
+        return data
+    if pool.exists():
+        return pool
+    tmp = pool.with_name(pool.name + ".part")
+    for split_dir in splits:
+        for sp in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            (tmp / sp.name).mkdir(parents=True, exist_ok=True)
+            for f in sorted(sp.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    (tmp / sp.name / f"{split_dir.name}__{f.name}").symlink_to(f.resolve())
+    tmp.rename(pool)
+    return pool
+
+
+def clean_rows(data: Path, work: Path, species: list[Species], params: dict) -> list[dict]:
+    """Folder source + verify (cached in `work`); the clean manifest rows."""
+    clean = work / "clean"
+    if not (clean / "manifest.csv").exists():
+        run_download(
+            DownloadConfig(source="folder", folder=str(pooled_folder(data, work / "pool"))),
+            species,
+            work / "raw",
+            seed=0,
+        )
+        verify.run(work / "raw", clean, species, section(params, "verify", verify.VerifyConfig))
+    return read_manifest(clean / "manifest.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Features: the pipeline's own feature pass, once per (model, cut)
+
+
+def features(
+    model: SnakeNet,
+    cut: int,
+    rows: list[dict],
+    species: list[Species],
+    data: DataConfig,
+    *,
+    size: int,
+    seed: int,
+    path: Path,
+) -> tuple[np.ndarray, float]:
+    """(V, N, ...) float16 features of `model.prefix(cut)` over `rows`, and the seconds taken
+    (0 when read back from `path`)."""
+    if path.exists():
+        return np.load(path, mmap_mode="r"), 0.0
+    started = time.perf_counter()
+    cache = FeatureCache(path.parent, path.stem + ".part")
+    with prefix_engine(model.prefix(cut), "onnxruntime", "cpu", size) as prefix:
+        cache.fill(
+            prefix,
+            view_datasets(rows, species, size, data),
+            batch_size=data.batch_size,
+            workers=data.workers,
+            seed=seed,
+            desc=path.stem,
+        )
+    cache.path.rename(path)
+    return np.load(path, mmap_mode="r"), time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes: each maps (training photos, test photos) → calibrated test logits and calibration
+
+
+@dataclass
+class Task:
+    """What every recipe sees: labels and groups of all photos, the species, the settings."""
+
+    y: np.ndarray
+    groups: list[str]
+    species: list[Species]
+    seed: int
+    miss_target: float
+    inner_folds: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.species)
+
+    def calibrate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        return calibrate_on_val(
+            logits, labels, self.species, temperature_scaling=True, miss_target=self.miss_target
+        )
+
+
+Recipe = Callable[[Task, np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, Any]]]
+
+
+def probe_recipe(x: np.ndarray, *, views: int, c: float, balanced: bool = False) -> Recipe:
+    """The pipeline's default head: a linear probe on `views` cached views, refitted on all the
+    training photos, calibrated on out-of-fold logits (train_head.refit)."""
+    x = x[:views]
+
+    def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
+        xt, yt = np.asarray(x[:, train]), task.y[train]
+        groups = [task.groups[i] for i in train]
+        common = dict(c=c, balanced=balanced)
+        oof = out_of_fold_logits(
+            xt, yt, groups, task.n_classes, k=task.inner_folds, seed=task.seed, **common
+        )
+        probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), task.n_classes, **common)
+        return probe.logits(np.asarray(x[0, test], np.float32)), task.calibrate(oof, yt)
+
+    return run
+
+
+def sgd_recipe(
+    model: SnakeNet,
+    x: np.ndarray,
+    cut: int,
+    head: TrainHeadConfig,
+    finetune: FinetuneConfig | None,
+    data: DataConfig,
+    loss: LossConfig,
+    work: Path,
+) -> Recipe:
+    """The AdamW recipe of train_head (and finetune, if given) on features cached at `cut`:
+    epoch and calibration chosen on an inner grouped val split of the training photos."""
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def fit(net: SnakeNet, blocks: int, tr: FeatureCache, va: FeatureCache, yt, yv, spec):
+        _, tail = net.split(blocks)
+        params = net.trainable_parameters(blocks)
+        freeze_all_but(net, params)
+        groups = net.param_groups(blocks, spec["lr"], spec.get("layer_lr_decay", 1.0))
+        return fit_tail(
+            net, tail, groups, tr, yt, va, yv, np.unique(yv), _fit_spec(spec, data, loss),
+            device="cpu",
+        )  # fmt: skip
+
+    def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
+        inner = grouped_folds(task.y[train], [task.groups[i] for i in train], 7, task.seed)
+        tr, va = train[inner != 0], train[inner == 0]  # ~1/7 of the photos for val
+        model.load_state_dict(pristine)
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            caches = {
+                name: _cache(np.asarray(x[:, idx] if name == "tr" else x[:1, idx]), Path(tmp), name)
+                for name, idx in (("tr", tr), ("va", va), ("te", test))
+            }
+            middle = model.frozen_between(cut, 0)
+            pooled = {
+                k: c.mapped(middle, Path(tmp), f"{k}_pooled", "cpu") if middle else c
+                for k, c in caches.items()
+            }
+            head_spec = _spec_of(head, epochs=head.epochs, lr=head.lr, seed=task.seed)
+            result = fit(model, 0, pooled["tr"], pooled["va"], task.y[tr], task.y[va], head_spec)
+            model.load_state_dict(result.state_dict)
+            final, blocks = result, 0
+            if finetune is not None:
+                settings = finetune_settings(head, finetune, task.seed)
+                spec = _spec_of(finetune, **settings)
+                final = fit(model, finetune.unfreeze_blocks, caches["tr"], caches["va"],
+                            task.y[tr], task.y[va], spec)  # fmt: skip
+                model.load_state_dict(final.state_dict)
+                blocks = finetune.unfreeze_blocks
+            _, tail = model.split(blocks)
+            test_cache = pooled["te"] if blocks == 0 else caches["te"]
+            with torch.no_grad():
+                logits = tail(test_cache.batch(np.zeros(len(test), int), np.arange(len(test))))
+        return logits.numpy(), task.calibrate(final.val_logits, task.y[va])
+
+    return run
+
+
+def _cache(array: np.ndarray, directory: Path, name: str) -> FeatureCache:
+    cache = FeatureCache(directory, name)
+    cache.array = array
+    return cache
+
+
+def _spec_of(cfg: Any, **settings: Any) -> dict[str, Any]:
+    keys = ("weight_decay", "select_metric", "schedule", "warmup_epochs", "ema_decay")
+    out = {k: getattr(cfg, k) for k in keys} | settings
+    if hasattr(cfg, "layer_lr_decay"):
+        out["layer_lr_decay"] = cfg.layer_lr_decay
+    return out
+
+
+def _fit_spec(spec: dict[str, Any], data: DataConfig, loss: LossConfig) -> Any:
+    from snakeid.train import FitSpec
+
+    return FitSpec(batch_size=data.batch_size, sampler=data.sampler, loss=loss, **spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any]) -> dict:
+    y = task.y[test]
+    pred = logits.argmax(1)
+    labels = np.unique(y)
+    venomous = np.array([s.venomous for s in task.species])
+    is_v = venomous[y]
+    pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
+    rule = venomous_rule_report(pv, is_v, cal["venomous_threshold"])
+    return {
+        "macro_f1": macro_f1(y, pred, labels),
+        "balanced_accuracy": balanced_accuracy(y, pred, labels),
+        "accuracy": float((pred == y).mean()),
+        "venomous_as_harmless": float((is_v & ~venomous[pred]).sum() / max(is_v.sum(), 1)),
+        "rule_missed": rule["venomous_missed_rate"],
+        "rule_flagged_harmless": rule["harmless_flagged_rate"],
+    }
+
+
+def cross_validate(task: Task, folds: np.ndarray, recipe: Recipe, name: str) -> dict[str, Any]:
+    per_fold = []
+    for f in range(folds.max() + 1):
+        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        seed_everything(task.seed + f, True)
+        started = time.perf_counter()
+        logits, cal = recipe(task, train, test)
+        per_fold.append(score(task, test, logits, cal) | {"seconds": time.perf_counter() - started})
+        _logger.info("%s fold %d: macro-F1 %.3f", name, f, per_fold[-1]["macro_f1"])
+    values = {k: [r[k] for r in per_fold if r[k] is not None] for k in per_fold[0]}
+    return {  # a fold without venomous (or harmless) photos has no rule rate
+        "folds": per_fold,
+        "mean": {k: float(np.mean(v)) if v else None for k, v in values.items()},
+        "sd": {k: float(np.std(v, ddof=1)) if len(v) > 1 else None for k, v in values.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """Recipe names in the order they run (cheap first; results are saved after each)."""
+    names = []
+    for b in ("lite0", "lite1", "lite2", "lite0+lite1+lite2"):
+        names += [f"{b}/probe", f"{b}/probe_views", f"{b}/sgd_head"]
+    names += ["lite0+lite2/probe", "lite0+lite1+lite2/probe_views_c0.03",
+              "lite0+lite1+lite2/probe_views_c0.3", "lite0+lite1+lite2/probe_views_balanced",
+              "lite0/previous_default"]  # fmt: skip
+    return [n for n in names if not args.only or any(o in n for o in args.only)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--data", type=Path, help="folder of photos: <species>/ or {train,val}/<species>/"
+    )
+    ap.add_argument("--species", type=Path, help="species file (default: <data>/species.yaml)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--only", nargs="*", help="run only recipes whose name contains one of these")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snakeid-cv")
+    ap.add_argument("--out", type=Path, required=True, help="results JSON (markdown beside it)")
+    ap.add_argument("--fast", action="store_true", help="tiny synthetic demo data (smoke test)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(torch.get_num_threads())
+
+    params = load_params(REPO / "params.yaml")
+    data = DataConfig(views=args.views, batch_size=32)
+    loss = section(params, "loss", LossConfig)
+    head_sgd = TrainHeadConfig(method="sgd", refit=False, epochs=20, lr=1e-3)
+    ft_prev = FinetuneConfig(unfreeze_blocks=2, lr_scale=1.0)
+    work = args.work / ("fast" if args.fast else "real")
+    work.mkdir(parents=True, exist_ok=True)
+    if args.fast:
+        species = load_species(REPO / "data/taxa.yaml")[:5]
+        if not (work / "clean/manifest.csv").exists():
+            from snakeid.sources.demo import DemoConfig
+
+            demo = DemoConfig(observations_rare=6, observations_common=10, image_size=96,
+                              broken_files=0, duplicates=0)  # fmt: skip
+            run_download(DownloadConfig(source="demo", demo=demo), species, work / "raw", seed=0)
+            verify.run(
+                work / "raw", work / "clean", species, verify.VerifyConfig(resize_shorter=96)
+            )
+        rows = read_manifest(work / "clean/manifest.csv")
+        args.folds, data = min(args.folds, 3), DataConfig(views=min(args.views, 2), batch_size=16)
+    else:
+        species = load_species(args.species or args.data / "species.yaml")
+        rows = clean_rows(args.data, work, species, params)
+    index = {s.name: i for i, s in enumerate(species)}
+    task = Task(
+        y=np.array([index[r["taxon"]] for r in rows]),
+        groups=[observation_key(r) for r in rows],
+        species=species,
+        seed=args.seed,
+        miss_target=section(params, "finetune", FinetuneConfig).venomous_miss_target,
+        inner_folds=args.folds,
+    )
+    folds = grouped_folds(task.y, task.groups, args.folds, args.seed)
+    seed_everything(args.seed, True)
+
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result["meta"] = {
+        "photos": len(rows),
+        "species": len(species),
+        "folds": args.folds,
+        "views": data.views,
+        "seed": args.seed,
+        "command": " ".join(["python", "bench/cv.py", *sys.argv[1:]]),
+        "feature_seconds": result.get("meta", {}).get("feature_seconds", {}),
+    }
+    result.setdefault("recipes", {})
+    names = [n for n in plan(args) if n not in result["recipes"]]
+    ensemble = build_model(ENSEMBLE, len(species), ModelConfig())
+    size = max(trunk_sizes(ENSEMBLE, None))
+    pooled, secs = features(
+        ensemble, ensemble.depth, rows, species, data, size=size, seed=args.seed,
+        path=work / f"pooled_v{data.views}.npy",
+    )  # fmt: skip
+    if secs:
+        result["meta"]["feature_seconds"]["lite0+lite1+lite2 pooled"] = secs
+    dims = np.cumsum([0, *(t.dim for t in ensemble.trunks)])
+    cols = {f"lite{i}": slice(dims[i], dims[i + 1]) for i in range(3)}
+
+    def columns(b: str) -> np.ndarray:
+        return np.concatenate([pooled[..., cols[p]] for p in b.split("+")], -1)
+
+    for name in names:
+        b, kind = name.split("/")
+        _logger.info("recipe %s", name)
+        if kind.startswith("probe"):
+            views = 1 if kind == "probe" else data.views
+            c = float(kind.split("_c")[1]) if "_c" in kind else 0.1
+            recipe = probe_recipe(columns(b), views=views, c=c, balanced=kind.endswith("balanced"))
+        elif kind == "sgd_head":
+            parts = b.split("+")
+            net = build_model([f"efficientnet_{p}" for p in parts], len(species), ModelConfig())
+            recipe = sgd_recipe(net, columns(b), net.depth, head_sgd, None, data, loss, work)
+        else:  # previous default: Lite0 at its native size, 2 fine-tuned blocks
+            net = build_model("efficientnet_lite0", len(species), ModelConfig())
+            cut = net.cut(ft_prev.unfreeze_blocks)
+            spatial, secs = features(
+                net, cut, rows, species, data, size=net.trunks[0].size, seed=args.seed,
+                path=work / f"lite0_cut{cut}_v{data.views}.npy",
+            )  # fmt: skip
+            if secs:
+                result["meta"]["feature_seconds"][f"lite0 features[:{cut}]"] = secs
+            recipe = sgd_recipe(net, spatial, cut, head_sgd, ft_prev, data, loss, work)
+        result["recipes"][name] = cross_validate(task, folds, recipe, name)
+        write_json(args.out, result)
+        args.out.with_suffix(".md").write_text(markdown(result))
+    write_json(args.out, result)
+    args.out.with_suffix(".md").write_text(markdown(result))
+
+
+def _ms(stats: dict[str, Any], key: str, pct: bool = False) -> str:
+    m, s = stats["mean"][key], stats["sd"][key]
+    if m is None or s is None:
+        return "—"
+    return f"{100 * m:.1f} ± {100 * s:.1f} %" if pct else f"{m:.3f} ± {s:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [
+        f"Grouped {meta['folds']}-fold cross-validation over {meta['photos']} photos of "
+        f"{meta['species']} species, {meta['views']} cached views (view 0 = eval transform), "
+        f"seed {meta['seed']}: `{meta['command']}`",
+        "",
+        "| backbone | recipe | macro-F1 | balanced acc. | venomous → harmless "
+        "| rule misses venomous | rule flags harmless | s / fold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["recipes"].items():
+        b, kind = name.split("/")
+        lines.append(
+            f"| {b} | {kind} | {_ms(r, 'macro_f1')} | {_ms(r, 'balanced_accuracy')} "
+            f"| {_ms(r, 'venomous_as_harmless', True)} | {_ms(r, 'rule_missed', True)} "
+            f"| {_ms(r, 'rule_flagged_harmless', True)} | {r['mean']['seconds']:.0f} |"
+        )
+    lines += ["", "Feature passes (once, shared by every recipe and fold): " + ", ".join(
+        f"{k} {v:.0f} s" for k, v in meta["feature_seconds"].items())]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
