@@ -181,20 +181,33 @@ class Task:
 Recipe = Callable[[Task, np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, Any]]]
 
 
-def probe_recipe(x: np.ndarray, *, views: int, c: float, balanced: bool = False) -> Recipe:
+def probe_recipe(
+    x: np.ndarray, *, views: int, c: float, balanced: bool = False, refit: bool = True
+) -> Recipe:
     """The pipeline's default head: a linear probe on `views` cached views, refitted on all the
-    training photos, calibrated on out-of-fold logits (train_head.refit)."""
+    training photos, calibrated on out-of-fold logits (train_head.refit). Without `refit`, as
+    the pipeline with `train_head.refit: false`: fitted on an inner train split, calibrated on
+    its inner val split."""
     x = x[:views]
+    common = dict(c=c, balanced=balanced)
 
     def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
+        if not refit:
+            inner = grouped_folds(task.y[train], [task.groups[i] for i in train], 7, task.seed)
+            train, val = train[inner != 0], train[inner == 0]  # ~1/7 of the photos for val
         xt, yt = np.asarray(x[:, train]), task.y[train]
-        groups = [task.groups[i] for i in train]
-        common = dict(c=c, balanced=balanced)
-        oof = out_of_fold_logits(
-            xt, yt, groups, task.n_classes, k=task.inner_folds, seed=task.seed, **common
-        )
         probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), task.n_classes, **common)
-        return probe.logits(np.asarray(x[0, test], np.float32)), task.calibrate(oof, yt)
+        if refit:
+            groups = [task.groups[i] for i in train]
+            held, held_y = (
+                out_of_fold_logits(
+                    xt, yt, groups, task.n_classes, k=task.inner_folds, seed=task.seed, **common
+                ),
+                yt,
+            )
+        else:
+            held, held_y = probe.logits(np.asarray(x[0, val], np.float32)), task.y[val]
+        return probe.logits(np.asarray(x[0, test], np.float32)), task.calibrate(held, held_y)
 
     return run
 
@@ -327,8 +340,8 @@ def plan(args: argparse.Namespace) -> list[str]:
         names += [f"{b}/probe", f"{b}/probe_views", f"{b}/sgd_head"]
     names += ["lite0+lite2/probe", "lite0+lite1+lite2/probe_views_c0.03",
               "lite0+lite1+lite2/probe_views_c0.3", "lite0+lite1+lite2/probe_views_balanced",
-              "lite0/previous_default"]  # fmt: skip
-    return [n for n in names if not args.only or any(o in n for o in args.only)]
+              "lite0/previous_default", "lite0+lite1+lite2/probe_views_norefit"]  # fmt: skip
+    return [n for n in names if not args.only or n in args.only]
 
 
 def main() -> None:
@@ -340,7 +353,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--only", nargs="*", help="run only recipes whose name contains one of these")
+    ap.add_argument("--only", nargs="*", help="run only these recipes (e.g. lite0/probe)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "snakeid-cv")
     ap.add_argument("--out", type=Path, required=True, help="results JSON (markdown beside it)")
     ap.add_argument("--fast", action="store_true", help="tiny synthetic demo data (smoke test)")
@@ -415,7 +428,10 @@ def main() -> None:
         if kind.startswith("probe"):
             views = 1 if kind == "probe" else data.views
             c = float(kind.split("_c")[1]) if "_c" in kind else 0.1
-            recipe = probe_recipe(columns(b), views=views, c=c, balanced=kind.endswith("balanced"))
+            recipe = probe_recipe(
+                columns(b), views=views, c=c, balanced=kind.endswith("balanced"),
+                refit=not kind.endswith("norefit"),
+            )  # fmt: skip
         elif kind == "sgd_head":
             parts = b.split("+")
             net = build_model([f"efficientnet_{p}" for p in parts], len(species), ModelConfig())

@@ -54,10 +54,14 @@ def project(tmp_path_factory, tmp_path) -> Iterator[Path]:
 @pytest.mark.slow
 def test_queued_grid_finishes_and_exp_show_lists_both_points(project):
     values = ",".join(str(v) for v in GRID)
-    queued = run(["dvc", "exp", "run", "--queue", "-S", f"finetune.venomous_miss_target={values}"], project)
+    queued = run(
+        ["dvc", "exp", "run", "--queue", "-S", f"finetune.venomous_miss_target={values}"], project
+    )
     assert queued.stdout.count("Queued experiment") == len(GRID), queued.stdout
     run(["dvc", "queue", "start", "-j", "2"], project)
     status = _wait_for_queue(project, timeout_s=900)
     assert status.count("Success") == len(GRID), status
     shown = _experiments(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
-    assert sorted(p["finetune"]["venomous_miss_target"] for p in shown.values()) == GRID, shown.keys()
+    assert sorted(p["finetune"]["venomous_miss_target"] for p in shown.values()) == GRID, (
+        shown.keys()
+    )

@@ -250,8 +250,9 @@ class FeatureCache:
         self._create((views, n, *shape))
         assert self.array is not None
         started = said = time.perf_counter()
+        done, total = 0, views * len(mine)
         with tqdm(
-            total=views * len(mine),
+            total=total,
             desc=desc,
             unit="img",
             leave=False,
@@ -269,16 +270,14 @@ class FeatureCache:
                 for x, _, idx in loader:
                     y = prefix(x).astype(np.float16)  # (B, ...)
                     self.array[v, idx.numpy()] = y
+                    done += len(y)  # (a disabled bar counts nothing)
+                    rate = done / (time.perf_counter() - started)
                     bar.update(len(y))
-                    rate = bar.n / (time.perf_counter() - started)
                     bar.set_postfix(img_s=f"{rate:.1f}")
-                    if (
-                        bar.disable
-                        and distributed.is_main()
-                        and time.perf_counter() - said >= PROGRESS_EVERY_S
-                    ):
-                        said = time.perf_counter()  # not a terminal: a log line instead of a bar
-                        _logger.info("%s: %d/%d (%.1f img/s)", desc, bar.n, bar.total, rate)
+                    logged = bar.disable and distributed.is_main()  # not a terminal: log lines
+                    if logged and time.perf_counter() - said >= PROGRESS_EVERY_S:
+                        said = time.perf_counter()
+                        _logger.info("%s: %d/%d (%.1f img/s)", desc, done, total, rate)
         self._share()
         self.seconds = time.perf_counter() - started
         self.images_per_s = views * n / self.seconds if self.seconds else float("nan")
@@ -653,8 +652,6 @@ def cache_features(
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
         "train_labels": train_ds.labels,
         "val_labels": val_ds.labels,
-        "seconds": round(train.seconds + val.seconds, 2),
-        "images_per_s": round(train.images_per_s, 2),
     }
     if distributed.is_main():
         write_json(out_dir / FEATURES_META, meta)
