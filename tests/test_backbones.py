@@ -127,14 +127,22 @@ def test_probe_is_deterministic_and_matches_its_val_predictions(split_dir, tmp_p
     assert h1.source == "val"
 
 
-def test_probe_refuses_what_it_does_not_do(split_dir, tmp_path):
+def test_probe_refuses_what_it_does_not_do():
     with pytest.raises(UserError, match="probe does not use data.sampler"):
         probe_balance(DataConfig(sampler="balanced"), LossConfig())
     assert probe_balance(DataConfig(), LossConfig(class_weighting="inverse"))
+
+
+def test_probe_on_a_cache_for_finetune_pools_it_first(split_dir, tmp_path):
+    """With finetune on, the cache ends before its blocks: the probe sees the same pooled
+    features as on a pooled cache."""
     model = _model(["efficientnet_lite0"])
-    caches = cache_features(
-        model, model.cut(1), tmp_path / "f", split_dir=split_dir, species=SPECIES, base=BASE,
-        data=DATA,
-    )  # fmt: skip
-    with pytest.raises(UserError, match="pooled features"):
-        train_probe(model, caches, TrainHeadConfig(), balanced=False, seed=5)
+    cfg = TrainHeadConfig(refit=False)
+    got = {}
+    for name, cut in (("pooled", model.depth), ("blocks", model.cut(1))):
+        caches = cache_features(
+            model, cut, tmp_path / name, split_dir=split_dir, species=SPECIES, base=BASE,
+            data=DATA,
+        )  # fmt: skip
+        got[name] = train_probe(model, caches, cfg, balanced=False, seed=5)[1].logits
+    np.testing.assert_allclose(got["blocks"], got["pooled"], rtol=0.02, atol=0.05)

@@ -827,13 +827,28 @@ def train_probe(
     model: SnakeNet, caches: Caches, cfg: TrainHeadConfig, *, balanced: bool, seed: int
 ) -> tuple[dict[str, Any], Holdout]:
     """Fit the head as a linear probe on the pooled features (all cached views); load it into
-    `model.classifier`. Returns its metrics and the holdout logits for calibration."""
-    if caches.cut != model.depth:
-        raise UserError("train_head.method: probe trains on pooled features (finetune.enabled: "
-                        "false or finetune.unfreeze_blocks: 0)")  # fmt: skip
+    `model.classifier`. Returns its metrics and the holdout logits for calibration.
+
+    A cache taken before the last blocks (for finetune) is pooled through them first."""
+    middle = model.frozen_between(caches.cut, 0)
+    with _scratch(caches.train.path.parent.parent) as tmp:
+        pooled = [c if middle is None else c.mapped(middle, tmp, c.path.stem, "cpu")
+                  for c in (caches.train, caches.val)]  # fmt: skip
+        train, val = (np.array(c.array) for c in pooled)  # (V, N, D), in memory
+    return _fit_probe_head(model, caches, cfg, train, val, balanced=balanced, seed=seed)
+
+
+def _fit_probe_head(
+    model: SnakeNet,
+    caches: Caches,
+    cfg: TrainHeadConfig,
+    train: np.ndarray,
+    val: np.ndarray,
+    *,
+    balanced: bool,
+    seed: int,
+) -> tuple[dict[str, Any], Holdout]:
     n_classes = model.classifier.out_features
-    train = np.asarray(caches.train.array)  # (V, N, D)
-    val = np.asarray(caches.val.array)
     yt, yv = caches.train_labels, caches.val_labels
     labels = np.unique(yv)
     common = dict(c=cfg.probe_c, balanced=balanced)
