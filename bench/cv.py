@@ -340,7 +340,8 @@ def plan(args: argparse.Namespace) -> list[str]:
         names += [f"{b}/probe", f"{b}/probe_views", f"{b}/sgd_head"]
     names += ["lite0+lite2/probe", "lite0+lite1+lite2/probe_views_c0.03",
               "lite0+lite1+lite2/probe_views_c0.3", "lite0+lite1+lite2/probe_views_balanced",
-              "lite0/previous_default", "lite0+lite1+lite2/probe_views_norefit"]  # fmt: skip
+              "lite0/previous_default", "lite0+lite1+lite2/probe_views_norefit",
+              "lite0+lite1+lite2/probe_views2", "lite0+lite1+lite2/probe_views3"]  # fmt: skip
     return [n for n in names if not args.only or n in args.only]
 
 
@@ -426,7 +427,8 @@ def main() -> None:
         b, kind = name.split("/")
         _logger.info("recipe %s", name)
         if kind.startswith("probe"):
-            views = 1 if kind == "probe" else data.views
+            n = kind.removeprefix("probe_views")[:1]  # probe_views<n>: the first n views
+            views = 1 if kind == "probe" else int(n) if n.isdigit() else data.views
             c = float(kind.split("_c")[1]) if "_c" in kind else 0.1
             recipe = probe_recipe(
                 columns(b), views=views, c=c, balanced=kind.endswith("balanced"),

@@ -33,7 +33,7 @@ class DataConfig:
     batch_size: int = field(default=32, metadata=spec(ge=1))
     workers: int = field(default=0, metadata=spec(ge=0))
     sampler: str = field(default="none", metadata=spec(choices=("none", "balanced")))
-    views: int = field(default=4, metadata=spec(ge=1, le=64))
+    views: int = field(default=3, metadata=spec(ge=1, le=64))
     augment: str = field(default="basic", metadata=spec(choices=("basic", "trivialaugment")))
     random_erasing: float = field(default=0.0, metadata=spec(ge=0.0, le=1.0))  # probability
     # What runs the frozen prefix whose features are cached: onnxruntime (an FP32 ONNX export
