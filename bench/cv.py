@@ -404,7 +404,8 @@ def main() -> None:
         "folds": args.folds,
         "views": data.views,
         "seed": args.seed,
-        "command": " ".join(["python", "bench/cv.py", *sys.argv[1:]]),
+        # the command that reruns everything (results accumulate over runs; --only selects)
+        "command": " ".join(["python", "bench/cv.py", *_without_only(sys.argv[1:])]),
         "feature_seconds": result.get("meta", {}).get("feature_seconds", {}),
     }
     result.setdefault("recipes", {})
@@ -462,6 +463,26 @@ def _ms(stats: dict[str, Any], key: str, pct: bool = False) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f} %" if pct else f"{m:.3f} ± {s:.3f}"
 
 
+def _without_only(argv: list[str]) -> list[str]:
+    out, skipping = [], False
+    for a in argv:
+        skipping = a == "--only" or (skipping and not a.startswith("--"))
+        if not skipping:
+            out.append(a)
+    return out
+
+
+def _row_order(name: str, backbones: list[str]) -> tuple[int, int, str]:
+    """Rows by backbone, then probe, probe with views, trained recipes, variants."""
+    b, kind = name.split("/")
+    kinds = ["probe", "probe_views", "sgd_head", "previous_default"]
+    return (
+        backbones.index(b) if b in backbones else len(backbones),
+        kinds.index(kind) if kind in kinds else len(kinds),
+        kind,
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
@@ -473,7 +494,8 @@ def markdown(result: dict[str, Any]) -> str:
         "| rule misses venomous | rule flags harmless | s / fold |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in result["recipes"].items():
+    backbones = ["lite0", "lite1", "lite2", "lite0+lite2", "lite0+lite1+lite2"]
+    for name, r in sorted(result["recipes"].items(), key=lambda i: _row_order(i[0], backbones)):
         b, kind = name.split("/")
         lines.append(
             f"| {b} | {kind} | {_ms(r, 'macro_f1')} | {_ms(r, 'balanced_accuracy')} "
