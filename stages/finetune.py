@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
@@ -46,9 +48,51 @@ def main() -> None:
     setup = prepare(params)
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
-    if not cfg.enabled:
-        _calibrate_head(args, model, head_ckpt, cfg, setup)
+    head = head_ckpt["metrics"]
+    if cfg.enabled:
+        model, metrics, held, history = _finetune(args, model, head_ckpt, head_cfg, cfg, setup)
+    else:  # the head is the final model: calibrate it on its own holdout logits
+        held = head_ckpt["holdout"]
+        metrics = {"enabled": False, "val_macro_f1": head["val_macro_f1"]}
+        history = []  # no epochs: an empty curve
+    calibration = calibrate_on_val(
+        held["logits"].numpy(),
+        held["labels"].numpy(),
+        setup.species,
+        temperature_scaling=cfg.temperature_scaling,
+        miss_target=cfg.venomous_miss_target,
+    )
+    metrics |= {
+        "calibrated_on": held["source"],
+        "calibration": calibration,
+        "pretrained": head["pretrained"],
+        "head_val_macro_f1": head["val_macro_f1"],
+    }
+    if not distributed.is_main():  # under torchrun, rank 0 alone writes the outputs
         return
+    save_checkpoint(
+        args.model_out,
+        model,
+        species=setup.species,
+        preprocess=head_ckpt["preprocess"],
+        params=head_ckpt["params"] | setup.provenance(finetune=cfg),
+        stage="finetune",
+        metrics=metrics,
+        calibration=calibration,
+    )
+    write_json(args.metrics, metrics)
+    write_csv(args.plot, history, fieldnames=PLOT_COLUMNS)
+
+
+def _finetune(
+    args: argparse.Namespace,
+    model: SnakeNet,
+    head_ckpt: dict[str, Any],
+    head_cfg: TrainHeadConfig,
+    cfg: FinetuneConfig,
+    setup: Setup,
+) -> tuple[SnakeNet, dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Train the last blocks on the cached features: (model, metrics, val holdout, history)."""
     if head_ckpt["params"]["train_head"].get("refit"):
         raise UserError(
             "the head was refitted on train+val (train_head.refit); finetune would choose its "
@@ -66,76 +110,13 @@ def main() -> None:
         model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,
         stage="finetune",
     )  # fmt: skip
-    calibration = calibrate_on_val(
-        result.fit.val_logits,
-        result.val_labels,
-        setup.species,
-        temperature_scaling=cfg.temperature_scaling,
-        miss_target=cfg.venomous_miss_target,
-    )
-    metrics = result.metrics | {
-        "enabled": True,
-        "calibration": calibration,
-        "lr": fit.lr,
-        "pretrained": head_ckpt["metrics"]["pretrained"],
-        "head_val_macro_f1": head_ckpt["metrics"]["val_macro_f1"],
+    held = {
+        "logits": torch.from_numpy(result.fit.val_logits),
+        "labels": torch.from_numpy(result.val_labels),
+        "source": "val",
     }
-    if not distributed.is_main():  # under torchrun, rank 0 alone writes the outputs
-        return
-    save_checkpoint(
-        args.model_out,
-        result.model,
-        species=setup.species,
-        preprocess=head_ckpt["preprocess"],
-        params=head_ckpt["params"] | setup.provenance(finetune=cfg),
-        stage="finetune",
-        metrics=metrics,
-        calibration=calibration,
-    )
-    write_json(args.metrics, metrics)
-    write_csv(args.plot, result.fit.history)
-
-
-def _calibrate_head(
-    args: argparse.Namespace,
-    model: SnakeNet,
-    head_ckpt: dict[str, Any],
-    cfg: FinetuneConfig,
-    setup: Setup,
-) -> None:
-    """`finetune.enabled: false`: the head is the final model; fit its temperature and venomous
-    threshold on the head's holdout logits (val, or out-of-fold train+val after a refit)."""
-    holdout = head_ckpt["holdout"]
-    calibration = calibrate_on_val(
-        holdout["logits"].numpy(),
-        holdout["labels"].numpy(),
-        setup.species,
-        temperature_scaling=cfg.temperature_scaling,
-        miss_target=cfg.venomous_miss_target,
-    )
-    head = head_ckpt["metrics"]
-    metrics = {
-        "enabled": False,
-        "val_macro_f1": head["val_macro_f1"],  # the head's: nothing more was trained
-        "calibrated_on": holdout["source"],
-        "calibration": calibration,
-        "pretrained": head["pretrained"],
-        "head_val_macro_f1": head["val_macro_f1"],
-    }
-    if not distributed.is_main():
-        return
-    save_checkpoint(
-        args.model_out,
-        model,
-        species=setup.species,
-        preprocess=head_ckpt["preprocess"],
-        params=head_ckpt["params"] | setup.provenance(finetune=cfg),
-        stage="finetune",
-        metrics=metrics,
-        calibration=calibration,
-    )
-    write_json(args.metrics, metrics)
-    write_csv(args.plot, [], fieldnames=PLOT_COLUMNS)  # no epochs: an empty curve
+    metrics = result.metrics | {"enabled": True, "lr": fit.lr}
+    return result.model, metrics, held, result.fit.history
 
 
 if __name__ == "__main__":

@@ -103,13 +103,13 @@ def write_csv(
     path: str | Path, rows: list[dict[str, Any]], fieldnames: Sequence[str] | None = None
 ) -> None:
     """Write a list of flat dicts (same keys) as CSV; floats rounded for readable diffs.
-    `fieldnames` gives the header when there may be no rows."""
+    `fieldnames`: the header when there are no rows (else the first row's keys)."""
     import csv
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames or (list(rows[0]) if rows else []))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(fieldnames or []))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
