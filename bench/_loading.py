@@ -95,7 +95,7 @@ def loader_workers(
     rounds: int,
 ) -> dict[str, Any]:
     """FeatureCache.fill throughput per DataLoader workers; `run` is the frozen prefix
-    train_head caches, as `snakeid.train.prefix_engine` runs it."""
+    train_head caches, as `snakeid.engine.prefix_engine` runs it."""
     subset = Subset(dataset, range(min(n, len(dataset))))
     rates: dict[int, list[float]] = {w: [] for w in workers}
     for r in range(rounds):
@@ -103,7 +103,7 @@ def loader_workers(
         for w in order:
             cache = FeatureCache(scratch, f"workers{w}_{r}")
             cache.fill(
-                run, subset, views=1, batch_size=batch_size, workers=w, seed=0,
+                run, [subset], batch_size=batch_size, workers=w, seed=0,
                 desc=f"workers={w}",
             )  # fmt: skip
             rates[w].append(cache.images_per_s)
