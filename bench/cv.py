@@ -53,7 +53,7 @@ from snakeid.calibration import (  # noqa: E402
     venomous_probability,
     venomous_rule_report,
 )
-from snakeid.config import load_params, section  # noqa: E402
+from snakeid.config import BaseConfig, load_params, section  # noqa: E402
 from snakeid.data import DataConfig  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
@@ -66,8 +66,10 @@ from snakeid.train import (  # noqa: E402
     FeatureCache,
     FinetuneConfig,
     LossConfig,
+    Setup,
     TrainHeadConfig,
     finetune_settings,
+    fit_spec,
     fit_tail,
     freeze_all_but,
     prefix_engine,
@@ -230,11 +232,8 @@ def sgd_recipe(
         _, tail = net.split(blocks)
         params = net.trainable_parameters(blocks)
         freeze_all_but(net, params)
-        groups = net.param_groups(blocks, spec["lr"], spec.get("layer_lr_decay", 1.0))
-        return fit_tail(
-            net, tail, groups, tr, yt, va, yv, np.unique(yv), _fit_spec(spec, data, loss),
-            device="cpu",
-        )  # fmt: skip
+        groups = net.param_groups(blocks, spec.lr, spec.layer_lr_decay)
+        return fit_tail(net, tail, groups, tr, yt, va, yv, np.unique(yv), spec, device="cpu")
 
     def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
         inner = grouped_folds(task.y[train], [task.groups[i] for i in train], 7, task.seed)
@@ -250,13 +249,13 @@ def sgd_recipe(
                 k: c.mapped(middle, Path(tmp), f"{k}_pooled", "cpu") if middle else c
                 for k, c in caches.items()
             }
-            head_spec = _spec_of(head, epochs=head.epochs, lr=head.lr, seed=task.seed)
+            setup = Setup(BaseConfig(), data, loss, task.species)  # what fit_spec reads
+            head_spec = fit_spec(head, setup, epochs=head.epochs, lr=head.lr, seed=task.seed)
             result = fit(model, 0, pooled["tr"], pooled["va"], task.y[tr], task.y[va], head_spec)
             model.load_state_dict(result.state_dict)
             final, blocks = result, 0
             if finetune is not None:
-                settings = finetune_settings(head, finetune, task.seed)
-                spec = _spec_of(finetune, **settings)
+                spec = fit_spec(finetune, setup, **finetune_settings(head, finetune, task.seed))
                 final = fit(model, finetune.unfreeze_blocks, caches["tr"], caches["va"],
                             task.y[tr], task.y[va], spec)  # fmt: skip
                 model.load_state_dict(final.state_dict)
@@ -274,20 +273,6 @@ def _cache(array: np.ndarray, directory: Path, name: str) -> FeatureCache:
     cache = FeatureCache(directory, name)
     cache.array = array
     return cache
-
-
-def _spec_of(cfg: Any, **settings: Any) -> dict[str, Any]:
-    keys = ("weight_decay", "select_metric", "schedule", "warmup_epochs", "ema_decay")
-    out = {k: getattr(cfg, k) for k in keys} | settings
-    if hasattr(cfg, "layer_lr_decay"):
-        out["layer_lr_decay"] = cfg.layer_lr_decay
-    return out
-
-
-def _fit_spec(spec: dict[str, Any], data: DataConfig, loss: LossConfig) -> Any:
-    from snakeid.train import FitSpec
-
-    return FitSpec(batch_size=data.batch_size, sampler=data.sampler, loss=loss, **spec)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ class SnakeNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (B, 3, S, S) → pooled features of every trunk, concatenated (B, D)."""
-        return torch.cat([t(x) for t in self.trunks], 1)
+        return _concat(self.trunks, x)
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, feature_dim) → logits (B, n_classes)."""
@@ -227,7 +227,11 @@ class _Embed(nn.Module):
         self.trunks = net.trunks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t(x) for t in self.trunks], 1)
+        return _concat(self.trunks, x)
+
+
+def _concat(trunks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([t(x) for t in trunks], 1)
 
 
 class _Chain(nn.Sequential):
