@@ -25,6 +25,7 @@ _logger = logging.getLogger(__name__)
 
 META_FORMAT = "snakeid-model/1"
 META_FILENAME = "model_meta.json"
+SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
 DEFAULT_MODEL = Path("models/model_int8.onnx")
 DEFAULT_LOW_CONFIDENCE = 0.5  # top-1 probability under this -> low_confidence
 DEFAULT_VENOMOUS_THRESHOLD = 0.5  # summed venomous probability at or over this -> possibly_venomous
@@ -46,6 +47,13 @@ class ModelMeta:
     created_by: str | None = None
     low_confidence_threshold: float | None = None
     venomous_threshold: float | None = None
+    # where the training photos came from: "demo-synthetic" | "folder" | "inat" (data.source)
+    data_source: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on the demo's generated photos: not a model of real snakes."""
+        return self.data_source == SYNTHETIC_SOURCE
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "model_meta.json") -> ModelMeta:
@@ -98,6 +106,9 @@ class ModelMeta:
         for key in ("input_name", "output_name"):
             if not isinstance(raw.get(key, ""), str):
                 raise ModelMetaError(f"{source}: '{key}' must be a string")
+        data = raw.get("data") or {}
+        if not isinstance(data, Mapping) or not isinstance(data.get("source", ""), str):
+            raise ModelMetaError(f"{source}: 'data' must be an object with a string 'source'")
         return cls(
             species=tuple(species),
             preprocess=spec,
@@ -107,6 +118,7 @@ class ModelMeta:
             image_size=image_size,
             params_digest=raw.get("params_digest"),
             created_by=raw.get("created_by"),
+            data_source=data.get("source"),
             **thresholds,
         )
 
