@@ -1,12 +1,19 @@
-"""The real page in a real headless Chromium, against the real server on loopback."""
+"""The real page in a real headless Chromium, against the real server on loopback.
+
+Every request to a host other than this machine is aborted and recorded, and each test ends by
+asserting there were none: the page and the API docs must work with no network at all.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from snakeid.predict import SYNTHETIC_WARNING
 from tiny_model import build_tiny_model, demo_photo, running_server
 
 pytestmark = pytest.mark.slow
@@ -31,19 +38,48 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def block_non_local(context: Any) -> list[str]:
+    """Abort every request that leaves this machine; return the list they are recorded in."""
+    blocked: list[str] = []
+
+    def handle(route: Any) -> None:
+        url = route.request.url
+        parts = urlsplit(url)
+        local = parts.scheme in ("http", "https", "ws", "wss") and parts.hostname in LOCAL_HOSTS
+        if local or parts.scheme in ("data", "blob"):  # data:/blob: are in-page, not network
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", handle)
+    return blocked
+
+
 def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    model, _ = build_tiny_model(tmp_path / "model")  # species 0, a venomous cobra, wins at ~82%
+    # Species 0, a venomous cobra, wins at ~82%; the meta says the photos were synthetic.
+    model, _ = build_tiny_model(tmp_path / "model", data_source="demo-synthetic")
     photo = demo_photo(tmp_path / "snake.jpg")
     requests: list[str] = []
     # --low-confidence 0.9 makes the real response carry both warnings, so the page shows both.
     with running_server(model, tmp_path, "--low-confidence", "0.9") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 412, "height": 915})  # a phone
+            context = browser.new_context(viewport={"width": 412, "height": 915})  # a phone
+            blocked = block_non_local(context)
+            page = context.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.goto(f"{url}/")
+            banner = page.locator("#synthetic-banner")
+            expect(banner).to_be_visible()
+            expect(banner).to_have_text(f"Warning: {SYNTHETIC_WARNING}.")
+            expect(banner).to_be_in_viewport()  # at the top, seen without scrolling
+            expect(page.locator("#model-info")).to_contain_text("trained on demo-synthetic")
             expect(page.locator("#species-count")).to_have_text("4")
             expect(page.locator("#species-list li")).to_have_count(4)
 
@@ -70,5 +106,41 @@ def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
         finally:
             browser.close()
     # Self-contained: the page fetched nothing but its own origin.
+    assert blocked == []
     assert requests and all(r.startswith(url) or r.startswith("blob:") for r in requests), requests
     print(f"screenshots: {tmp_path / 'page-mobile.png'} {tmp_path / 'page-desktop.png'}")
+
+
+def test_docs_render_offline(chromium: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    model, _ = build_tiny_model(tmp_path / "model", data_source="folder")
+    with running_server(model, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            blocked = block_non_local(context)
+            page = context.new_page()
+
+            page.goto(f"{url}/")  # a model of real photos: the page has no synthetic banner
+            expect(page.locator("#species-count")).to_have_text("4")
+            expect(page.locator("#synthetic-banner")).to_have_count(0)
+            expect(page.locator("#model-info")).to_contain_text("trained on folder")
+
+            # Swagger UI: its script ran, fetched /openapi.json and listed the operations.
+            page.goto(f"{url}/docs")
+            operation = page.locator(".opblock-post .opblock-summary-path", has_text="/predict")
+            expect(operation).to_be_visible()
+            expect(page.locator(".opblock-get .opblock-summary-path")).to_have_text(
+                ["/health", "/species"]  # in the order the app declares them
+            )
+            operation.click()  # expanding it shows the upload field the endpoint takes
+            expect(page.locator(".opblock-post .opblock-section-request-body")).to_contain_text(
+                "multipart/form-data"
+            )
+            page.screenshot(path=tmp_path / "docs-swagger.png", full_page=True)
+
+        finally:
+            browser.close()
+    assert blocked == []
+    print(f"screenshot: {tmp_path / 'docs-swagger.png'}")

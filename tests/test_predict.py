@@ -142,7 +142,7 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
     code, out, err = run_cli(
         capsys, "predict", str(photos), "--model", str(model_dir[0]), "--format", "json"
     )
-    assert code == 0
+    assert code == 1  # broken.png failed; the other three are still written
     lines = [json.loads(line) for line in out.splitlines()]
     # Recursive, sorted, image extensions only (notes.txt is not listed).
     assert [Path(r["path"]).relative_to(photos).as_posix() for r in lines] == [
@@ -151,15 +151,73 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
         "trip/broken.png",
         "trip/c.jpg",
     ]
-    assert "error" in lines[2] and "predictions" not in lines[2]
-    assert all(len(r["predictions"]) == 3 for i, r in enumerate(lines) if i != 2)
-    assert "3 image(s) classified, 1 unreadable" in err
+    keys = {
+        "path",
+        "predictions",
+        "venomous_probability",
+        "possibly_venomous",
+        "low_confidence",
+        "error",
+        "synthetic",
+    }
+    assert all(set(r) == keys for r in lines)  # one schema for good and failed photos
+    broken = lines[2]
+    assert broken["error"] and broken["predictions"] == []
+    assert broken["possibly_venomous"] is None and broken["venomous_probability"] is None
+    good = [r for i, r in enumerate(lines) if i != 2]
+    assert all(r["error"] is None and len(r["predictions"]) == 3 for r in good)
+    assert all(isinstance(r["possibly_venomous"], bool) for r in good)
+    assert not any(r["synthetic"] for r in lines)
+    assert err.strip().splitlines()[-1] == "snakeid: classified 3 of 4 photos; 1 failed (exit 1)"
 
 
-def test_cli_csv(model_dir, photos, capsys) -> None:
+def _venomous_share(row: dict[str, str], top_k: int) -> float:
+    """Summed probability of the venomous species among a CSV row's top-k columns."""
+    return sum(
+        float(row[f"probability_{k}"])
+        for k in range(1, top_k + 1)
+        if row[f"venomous_{k}"] == "true"
+    )
+
+
+def test_cli_csv_is_one_row_per_photo(model_dir, photos, capsys) -> None:
     args = [str(photos / "b.jpg"), str(photos / "trip"), "--model", str(model_dir[0])]
-    code, out, _ = run_cli(capsys, "predict", *args, "--format", "csv", "--top-k", "2")
-    assert code == 0
+    code, out, _ = run_cli(capsys, "predict", *args, "--format", "csv", "--top-k", "4")
+    assert code == 1  # broken.png
+    rows = list(csv.DictReader(io.StringIO(out)))
+    ranked = [
+        f"{c}_{k}"
+        for k in range(1, 5)
+        for c in ("species", "common_name", "venomous", "probability")
+    ]
+    assert list(rows[0]) == [
+        "path",
+        *ranked,
+        "venomous_probability",
+        "possibly_venomous",
+        "low_confidence",
+        "error",
+    ]
+    assert [Path(r["path"]).name for r in rows] == ["b.jpg", "broken.png", "c.jpg"]
+    ok = [r for r in rows if not r["error"]]
+    assert len(ok) == 2
+    for r in ok:
+        probs = [float(r[f"probability_{k}"]) for k in range(1, 5)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
+        assert {r[f"species_{k}"] for k in range(1, 5)} == {s["name"] for s in SPECIES}
+        # With every species in the columns, venomous_probability is exactly their venomous sum.
+        assert float(r["venomous_probability"]) == pytest.approx(_venomous_share(r, 4), abs=1e-5)
+        assert r["possibly_venomous"] == str(float(r["venomous_probability"]) >= 0.5).lower()
+        assert r["low_confidence"] == str(probs[0] < 0.5).lower()
+    (broken,) = [r for r in rows if r["error"]]
+    assert Path(broken["path"]).name == "broken.png"
+    assert not any(v for k, v in broken.items() if k not in ("path", "error"))
+
+
+def test_cli_csv_long_is_one_row_per_rank(model_dir, photos, capsys) -> None:
+    args = [str(photos / "b.jpg"), str(photos / "trip"), "--model", str(model_dir[0])]
+    code, out, _ = run_cli(capsys, "predict", *args, "--format", "csv", "--top-k", "2", "--long")
+    assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == [
         "path",
@@ -168,18 +226,32 @@ def test_cli_csv(model_dir, photos, capsys) -> None:
         "common_name",
         "venomous",
         "probability",
+        "venomous_probability",
+        "possibly_venomous",
+        "low_confidence",
         "error",
     ]
     ok = [r for r in rows if not r["error"]]
-    assert len(ok) == 4 and {r["rank"] for r in ok} == {"1", "2"}
+    assert len(ok) == 4 and [r["rank"] for r in ok] == ["1", "2", "1", "2"]
     assert all(r["venomous"] in ("true", "false") and 0 <= float(r["probability"]) <= 1 for r in ok)
+    for first, second in (ok[0:2], ok[2:4]):  # the per-photo columns repeat on each rank
+        assert first["path"] == second["path"]
+        for column in ("venomous_probability", "possibly_venomous", "low_confidence"):
+            assert first[column] == second[column] != ""
     assert [r["path"].endswith("broken.png") for r in rows if r["error"]] == [True]
+
+
+def test_cli_long_needs_csv(model_dir, photos, capsys) -> None:
+    code, out, err = run_cli(
+        capsys, "predict", str(photos / "b.jpg"), "--model", str(model_dir[0]), "--long"
+    )
+    assert code == 2 and out == "" and "--long applies to --format csv only" in err
 
 
 def test_cli_table_is_aligned_and_marks_venomous(tmp_path, photos, capsys) -> None:
     model, _ = build_tiny_model(tmp_path, favour=0)  # species 0 (venomous) wins
     code, out, _ = run_cli(capsys, "predict", str(photos), "--model", str(model))
-    assert code == 0
+    assert code == 1  # broken.png
     lines = out.splitlines()
     assert lines[0].split() == ["PATH", "#", "SPECIES", "COMMON", "NAME", "PROB", "VENOMOUS"]
     first = next(line for line in lines if line.startswith(str(photos / "a.JPG")))
@@ -191,17 +263,101 @@ def test_cli_table_is_aligned_and_marks_venomous(tmp_path, photos, capsys) -> No
 
 def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:
     model = str(model_dir[0])
+    good = [str(photos / "b.jpg"), str(photos / "a.JPG")]
+    code, out, err = run_cli(capsys, "predict", *good, "--model", model, "--format", "csv")
+    assert code == 0 and len(out.splitlines()) == 3
+    assert err.strip() == "snakeid: classified 2 of 2 photos (exit 0)"
+    code, out, err = run_cli(capsys, "predict", good[0], good[0], "--model", model)
+    assert code == 0 and err.strip() == "snakeid: classified 2 of 2 photos (exit 0)"
+
+    # One good file and one missing file: the good one is written, the run still fails.
+    missing = tmp_path / "missing.jpg"
+    code, out, err = run_cli(
+        capsys, "predict", good[0], str(missing), "--model", model, "--format", "csv"
+    )
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["path"] for r in rows] == [good[0], str(missing)]
+    assert rows[0]["species_1"] and not rows[0]["error"]
+    assert "cannot read file" in rows[1]["error"]
+    assert err.strip() == "snakeid: classified 1 of 2 photos; 1 failed (exit 1)"
+
     code, _, err = run_cli(capsys, "predict", str(photos / "trip" / "broken.png"), "--model", model)
-    assert code == 1 and "0 image(s) classified" in err
+    assert code == 1 and "classified 0 of 1 photos; 1 failed (exit 1)" in err
+
+    # A folder without images is a usage error, reported before anything is classified.
     (tmp_path / "empty").mkdir()
-    for nothing in (tmp_path / "empty", tmp_path / "missing.jpg"):
-        assert run_cli(capsys, "predict", str(nothing), "--model", model)[0] == 1
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("no photos here")
+    for nothing in (tmp_path / "empty", tmp_path / "texts"):
+        code, out, err = run_cli(capsys, "predict", good[0], str(nothing), "--model", model)
+        assert code == 2 and out == ""
+        assert err.strip().splitlines() == [
+            f"snakeid: error: no image files found under {nothing} (looked for "
+            ".bmp .gif .jpeg .jpg .mpo .png .tif .tiff .webp)"
+        ]
+
     code, _, err = run_cli(
         capsys, "predict", str(photos), "--model", str(tmp_path / "model_int8.onnx")
     )
     assert code == 2 and "run `dvc repro` first" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "predict", str(photos), "--model", model, "--top-k", "9")
     assert code == 2 and "top-k must be between 1 and 4" in err
+
+
+def _help_blocks(text: str) -> dict[str, str]:
+    """`--help` text -> {first option string: its whole (wrapped) help, one line}."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.startswith(" " * 10):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_help_shows_every_default_and_the_exit_codes(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    blocks = _help_blocks(out)
+    assert "--model" in blocks and "--top-k" in blocks and len(blocks) >= 9
+    missing = [opt for opt, text in blocks.items() if opt != "-h" and "default:" not in text]
+    assert missing == []
+    assert "(default: 3)" in blocks["--top-k"]
+    if command == "predict":
+        assert "(default: table)" in blocks["--format"]
+        exit_lines = [" ".join(line.split()[:2]) for line in out.splitlines()[-20:]]
+        assert {"0 every", "1 some", "2 usage"} <= set(exit_lines)
+
+
+@pytest.mark.parametrize(
+    ("data_source", "synthetic"), [("demo-synthetic", True), ("folder", False), (None, False)]
+)
+def test_cli_says_when_the_model_is_synthetic(
+    data_source, synthetic, tmp_path, photos, capsys
+) -> None:
+    model, _ = build_tiny_model(tmp_path, data_source=data_source)
+    predictor = Predictor(model)
+    assert predictor.meta.data_source == data_source and predictor.meta.synthetic is synthetic
+    assert predictor.info()["synthetic"] is synthetic
+    args = ["predict", str(photos / "b.jpg"), "--model", str(model), "--format", "json"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0
+    (line,) = [json.loads(line) for line in out.splitlines()]
+    assert line["synthetic"] is synthetic
+    warning = (
+        "snakeid: warning: this model was trained on synthetic demo photos; "
+        "it does not identify real snakes"
+    )
+    assert (warning in err.splitlines()) is synthetic
+    assert ("synthetic" in err) is synthetic  # no other mention for a real model
 
 
 def test_predict_path_never_imports_torch(model_dir, photos) -> None:
@@ -219,7 +375,8 @@ def test_predict_path_never_imports_torch(model_dir, photos) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "torch": True}
+    # Exit status 1: the folder's broken.png; the three good photos are still classified.
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 1, "torch": True}
     assert len(proc.stdout.splitlines()) == 4
     # The same through the real entry point the server subprocess uses.
     argv = ["predict", str(photos / "b.jpg"), "--model", str(model_dir[0])]

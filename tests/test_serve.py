@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from snakeid.serve import create_app
+from snakeid.predict import SYNTHETIC_WARNING
+from snakeid.serve import BANNER_MARKER, create_app, render_page
 from tiny_model import SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
 MAX_UPLOAD = 200_000
@@ -110,12 +111,53 @@ def test_health_reports_model_and_hash(client: TestClient, model: Path) -> None:
     assert body["status"] == "ok" and body["model_loaded"] is True
     assert re.fullmatch(r"[0-9a-f]{64}", body["model_sha256"])
     assert body["model"]["file"] == model.name and body["model"]["n_species"] == len(SPECIES)
+    # The tiny model's meta has no data block: not known to be synthetic, source unknown.
+    assert body["synthetic"] is False and body["data_source"] is None
+
+
+@pytest.mark.parametrize(
+    ("data_source", "synthetic"), [("demo-synthetic", True), ("folder", False)]
+)
+def test_synthetic_model_is_announced(
+    data_source: str, synthetic: bool, tmp_path: Path, photo: bytes
+) -> None:
+    model, _ = build_tiny_model(tmp_path, data_source=data_source)
+    client = TestClient(create_app(model))
+    health = client.get("/health").json()
+    assert health["synthetic"] is synthetic and health["data_source"] == data_source
+    assert health["model"]["synthetic"] is synthetic
+    assert upload(client, photo).json()["model"]["synthetic"] is synthetic
+    page = client.get("/").text
+    assert BANNER_MARKER not in page
+    banner = re.search(r'<p id="synthetic-banner"[^>]*>(.*?)</p>', page, re.S)
+    assert (banner is not None) is synthetic
+    if banner:
+        text = re.sub(r"<[^>]+>", "", banner.group(1))
+        assert text == f"Warning: {SYNTHETIC_WARNING}."
+        # At the top of the page, before the upload form.
+        assert page.index('id="synthetic-banner"') < page.index('id="drop"')
+
+
+def test_page_without_the_banner_marker_is_refused() -> None:
+    with pytest.raises(ValueError, match="synthetic-banner"):
+        render_page("<main><h1>snakeid</h1></main>", synthetic=True)
 
 
 def test_docs_and_openapi(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/species", "/health"} <= set(paths)
+    # The Swagger UI loads its script and style from this server, never from a CDN.
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "cdn" not in r.text.lower() and not re.search(r"(src|href)=[\"']?https?:", r.text)
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
+    for kind, ctype in (("js", "text/javascript"), ("css", "text/css")):
+        (url,) = [a for a in assets if a.endswith(f".{kind}")]
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 50_000, url
+        assert asset.headers["content-type"].startswith(ctype)
+    # ReDoc is off: its bundle fetches its logo from a CDN whatever it is told.
+    assert client.get("/redoc").status_code == 404
 
 
 def test_page_is_self_contained(client: TestClient) -> None:

@@ -64,11 +64,14 @@ def build_tiny_model(
     image_size: int = IMAGE_SIZE,
     favour: int | None = 0,
     decision: dict[str, float] | None = None,
+    data_source: str | None = None,
     quantize: bool = False,
 ) -> tuple[Path, Any]:
     """Write `model_fp32.onnx` (and `model_int8.onnx` if asked) + `model_meta.json`.
 
-    Returns (path of the model to use, the torch module) so tests can compare outputs.
+    `data_source` ("demo-synthetic", "folder", ...) becomes the meta's `data.source`; None
+    leaves the `data` block out. Returns (path of the model to use, the torch module) so tests
+    can compare outputs.
     """
     import torch
 
@@ -107,6 +110,8 @@ def build_tiny_model(
     }
     if decision is not None:
         meta["decision"] = decision
+    if data_source is not None:
+        meta["data"] = {"source": data_source}
     (out_dir / "model_meta.json").write_text(json.dumps(meta, indent=2))
     if not quantize:
         return fp32, net

@@ -15,10 +15,10 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 from snakeid import __version__
-from snakeid.predict import DEFAULT_MODEL, ImageResult, Predictor
+from snakeid.predict import DEFAULT_MODEL, SYNTHETIC_WARNING, ImageResult, Prediction, Predictor
 from snakeid.preprocess import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -29,33 +29,58 @@ from snakeid.preprocess import (
 )
 from snakeid.utils import setup_logging
 
+# The exit-status contract of `snakeid predict`, shown by `--help` and kept in one place.
+EXIT_OK = 0  # every photo classified
+EXIT_SOME_FAILED = 1  # some photos could not be read; the others are still written
+EXIT_USAGE = 2  # bad option, missing or invalid model, nothing to classify
+
+PREDICT_EPILOG = f"""\
+exit status:
+  {EXIT_OK}  every photo was classified
+  {EXIT_SOME_FAILED}  some photos failed (unreadable, not an image, too large); the
+     others are still written, each failure as a row with its error
+  {EXIT_USAGE}  usage or model error: a bad option, a missing or invalid model or
+     metadata, or a folder with no image files in it (nothing is classified)
+
+csv: one row per photo, the top-k in columns (species_1, common_name_1,
+venomous_1, probability_1, species_2, ...), then venomous_probability,
+possibly_venomous, low_confidence and error. --long: one row per (photo, rank)
+instead, with the same per-photo columns."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default; a help text that already explains it keeps its words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snakeid", description="Snake species from photos.")
+    parser = argparse.ArgumentParser(
+        prog="snakeid", description="Snake species from photos.", formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"snakeid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: %(default)s)"
-        )
+        p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model")
         p.add_argument(
             "--meta",
             type=Path,
             default=None,
             help="metadata (default: model_meta.json beside the model)",
         )
+        p.add_argument("--top-k", type=int, default=3, help="predictions per image")
         p.add_argument(
-            "--top-k", type=int, default=3, help="predictions per image (default: %(default)s)"
-        )
-        p.add_argument(
-            "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)"
-        )
-        p.add_argument(
-            "--max-pixels",
+            "--threads",
             type=int,
-            default=DEFAULT_MAX_PIXELS,
-            help="refuse bigger images (default: %(default)s)",
+            default=0,
+            help="ONNX Runtime intra-op threads (default: %(default)s, ONNX Runtime's own choice)",
+        )
+        p.add_argument(
+            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse bigger images"
         )
         p.add_argument(
             "--low-confidence",
@@ -71,21 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
             "this (default: model metadata, else 0.5)",
         )
 
-    p = sub.add_parser("predict", help="classify image files or folders (recursive)")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files or folders (recursive)",
+        description="Classify image files, or every image under folders (recursively).",
+        epilog=PREDICT_EPILOG,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     model_args(p)
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table for people; json: one object per line; csv: one row per photo",
+    )
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="with --format csv: one row per (photo, rank) instead of one row per photo",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="photos per ONNX Runtime call")
     p.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("serve", help="run the HTTP service and web page")
-    model_args(s)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument(
-        "--max-upload-mb", type=float, default=10.0, help="largest upload (default: %(default)s)"
+    s = sub.add_parser(
+        "serve", help="run the HTTP service and web page", formatter_class=HelpFormatter
     )
-    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, in MB")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="server log level",
+    )
     s.set_defaults(func=cmd_serve)
     return parser
 
@@ -97,24 +143,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str) -> int:
     print(f"snakeid: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
 
 
 def _missing_model(path: Path) -> int:
     return _fail(f"model not found: {path} — run `dvc repro` first to build it, or pass --model")
 
 
+class NoImagesFound(ValueError):
+    """A folder given on the command line holds no image file: nothing to classify there."""
+
+
 def iter_image_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; folders expanded recursively to their images, in sorted order."""
+    """Files as given; folders expanded recursively to their images, in sorted order.
+
+    A folder without any image is an error, not an empty result: it is almost always the wrong
+    folder, and an exit status of 0 with no rows would hide that.
+    """
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
             found.append(path)  # tried whatever its name; a missing file is reported as a row
             continue
-        images = (
-            p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        images = sorted(
+            (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+            key=Path.as_posix,
         )
-        found.extend(sorted(images, key=Path.as_posix))
+        if not images:
+            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+            raise NoImagesFound(f"no image files found under {path} (looked for {extensions})")
+        found.extend(images)
     return found
 
 
@@ -125,10 +183,13 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     setup_logging(logging.WARNING)  # stdout is for results
+    if args.long and args.format != "csv":
+        return _fail(f"--long applies to --format csv only, not --format {args.format}")
     if not args.model.is_file():
         return _missing_model(args.model)
     set_pixel_limit(args.max_pixels)
     try:
+        paths = iter_image_paths(args.paths)
         predictor = Predictor(
             args.model,
             args.meta,
@@ -138,11 +199,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             venomous_threshold=args.venomous_threshold,
         )
         top_k = predictor.check_top_k(args.top_k)
-    except ValueError as e:  # bad metadata or flags: one line, no traceback
+    except ValueError as e:  # bad metadata or flags, or an empty folder: one line, no traceback
         return _fail(str(e))
-    paths = iter_image_paths(args.paths)
-    writer = {"table": TableWriter, "json": JsonWriter, "csv": CsvWriter}[args.format](
-        sys.stdout, predictor, paths
+    if predictor.meta.synthetic:
+        print(f"snakeid: warning: {SYNTHETIC_WARNING}", file=sys.stderr)
+    writer = make_writer(
+        args.format, long=args.long, out=sys.stdout, predictor=predictor, paths=paths, top_k=top_k
     )
     spec = predictor.meta.preprocess
     n_ok = n_bad = 0
@@ -157,15 +219,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 errors[path] = str(e)
         predicted = predictor.predict_arrays(list(arrays.values()), top_k)
         results = dict(zip(arrays, predicted, strict=True))
-        for path in chunk:
+        for path in chunk:  # counted per row written: a path given twice is two photos
             if path in results:
                 writer.result(path, results[path])
+                n_ok += 1
             else:
                 writer.error(path, errors[path])
+                n_bad += 1
         sys.stdout.flush()
-        n_ok, n_bad = n_ok + len(results), n_bad + len(errors)
-    print(f"snakeid: {n_ok} image(s) classified, {n_bad} unreadable", file=sys.stderr)
-    return 0 if n_ok else 1
+    code = EXIT_SOME_FAILED if n_bad else EXIT_OK
+    failed = f"; {n_bad} failed" if n_bad else ""
+    print(
+        f"snakeid: classified {n_ok} of {n_ok + n_bad} photos{failed} (exit {code})",
+        file=sys.stderr,
+    )
+    return code
+
+
+class Writer(Protocol):
+    def result(self, path: Path, r: ImageResult) -> None: ...
+
+    def error(self, path: Path, message: str) -> None: ...
+
+
+def make_writer(
+    fmt: str,
+    *,
+    long: bool,
+    out: TextIO,
+    predictor: Predictor,
+    paths: Sequence[Path],
+    top_k: int,
+) -> Writer:
+    """The writer for `--format` (and `--long`); each prints its header, if any, at once."""
+    if fmt == "table":
+        return TableWriter(out, predictor, paths)
+    if fmt == "json":
+        return JsonWriter(out, synthetic=predictor.meta.synthetic)
+    if fmt == "csv":
+        return LongCsvWriter(out) if long else CsvWriter(out, top_k)
+    raise ValueError(f"unknown format {fmt!r}")
 
 
 class TableWriter:
@@ -207,36 +300,84 @@ class TableWriter:
 
 
 class JsonWriter:
-    """JSON lines: one object per image, with `error` instead of predictions when unreadable."""
+    """JSON lines: one object per photo, every object with the same keys.
 
-    def __init__(self, out: TextIO, predictor: Predictor, paths: Sequence[Path]) -> None:
-        self.out = out
+    A failed photo has `error` set, no predictions and null decisions; `synthetic` is true on
+    every line when the model was trained on the demo's generated photos.
+    """
+
+    def __init__(self, out: TextIO, *, synthetic: bool) -> None:
+        self.out, self.synthetic = out, synthetic
+
+    def _write(self, path: Path, fields: dict[str, Any]) -> None:
+        line = {"path": str(path), **fields, "synthetic": self.synthetic}
+        print(json.dumps(line), file=self.out)
 
     def result(self, path: Path, r: ImageResult) -> None:
-        print(json.dumps({"path": str(path), **r.to_dict()}), file=self.out)
+        self._write(path, {**r.to_dict(), "error": None})
 
     def error(self, path: Path, message: str) -> None:
-        print(json.dumps({"path": str(path), "error": message}), file=self.out)
+        empty = {
+            "predictions": [],
+            "low_confidence": None,
+            "possibly_venomous": None,
+            "venomous_probability": None,
+        }
+        self._write(path, {**empty, "error": message})
+
+
+PHOTO_COLUMNS = ("venomous_probability", "possibly_venomous", "low_confidence")
+RANK_COLUMNS = ("species", "common_name", "venomous", "probability")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _photo_cells(r: ImageResult) -> list[str]:
+    """The per-photo decisions, in PHOTO_COLUMNS order."""
+    return [f"{r.venomous_probability:.6f}", _bool(r.possibly_venomous), _bool(r.low_confidence)]
+
+
+def _rank_cells(p: Prediction) -> list[str]:
+    """One prediction, in RANK_COLUMNS order."""
+    return [p.species, p.common_name, _bool(p.venomous), f"{p.probability:.6f}"]
 
 
 class CsvWriter:
-    """One row per (image, rank); an unreadable image is one row with only `path` and `error`."""
+    """One row per photo: path, the top-k in columns (species_1, ..., probability_k), the
+    per-photo decisions, then `error` (empty unless the photo failed, when only it is set)."""
 
-    HEADER = ("path", "rank", "species", "common_name", "venomous", "probability", "error")
+    def __init__(self, out: TextIO, top_k: int) -> None:
+        self.writer = csv.writer(out, lineterminator="\n")
+        ranked = [f"{c}_{rank}" for rank in range(1, top_k + 1) for c in RANK_COLUMNS]
+        self.header = ["path", *ranked, *PHOTO_COLUMNS, "error"]
+        self.writer.writerow(self.header)
 
-    def __init__(self, out: TextIO, predictor: Predictor, paths: Sequence[Path]) -> None:
+    def result(self, path: Path, r: ImageResult) -> None:
+        ranked = [cell for p in r.predictions for cell in _rank_cells(p)]
+        self.writer.writerow([path, *ranked, *_photo_cells(r), ""])
+
+    def error(self, path: Path, message: str) -> None:
+        self.writer.writerow([path, *[""] * (len(self.header) - 2), message])
+
+
+class LongCsvWriter:
+    """`--long`: one row per (photo, rank), each repeating the photo's decisions; a failed photo
+    is one row with only `path` and `error`."""
+
+    HEADER = ("path", "rank", *RANK_COLUMNS, *PHOTO_COLUMNS, "error")
+
+    def __init__(self, out: TextIO) -> None:
         self.writer = csv.writer(out, lineterminator="\n")
         self.writer.writerow(self.HEADER)
 
     def result(self, path: Path, r: ImageResult) -> None:
         for rank, p in enumerate(r.predictions, 1):
-            venomous = "true" if p.venomous else "false"
-            self.writer.writerow(
-                [path, rank, p.species, p.common_name, venomous, f"{p.probability:.6f}", ""]
-            )
+            self.writer.writerow([path, rank, *_rank_cells(p), *_photo_cells(r), ""])
 
     def error(self, path: Path, message: str) -> None:
-        self.writer.writerow([path, "", "", "", "", "", message])
+        self.writer.writerow([path, *[""] * (len(self.HEADER) - 2), message])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

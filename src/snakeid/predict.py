@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from snakeid.calibration import venomous_probability
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
@@ -26,6 +27,10 @@ _logger = logging.getLogger(__name__)
 META_FORMAT = "snakeid-model/1"
 META_FILENAME = "model_meta.json"
 SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
+# Said by `snakeid predict` (stderr) and the service page whenever the model is synthetic.
+SYNTHETIC_WARNING = (
+    "this model was trained on synthetic demo photos; it does not identify real snakes"
+)
 DEFAULT_MODEL = Path("models/model_int8.onnx")
 DEFAULT_LOW_CONFIDENCE = 0.5  # top-1 probability under this -> low_confidence
 DEFAULT_VENOMOUS_THRESHOLD = 0.5  # summed venomous probability at or over this -> possibly_venomous
@@ -278,6 +283,8 @@ class Predictor:
             "created_by": self.meta.created_by,
             "low_confidence_threshold": self.low_confidence,
             "venomous_threshold": self.venomous_threshold,
+            "data_source": self.meta.data_source,
+            "synthetic": self.meta.synthetic,
         }
 
     def check_top_k(self, top_k: int) -> int:
@@ -319,7 +326,8 @@ class Predictor:
             )
             for i in order
         )
-        venomous_p = float(probs[self._venomous].sum())
+        # The same rule `evaluate` reports on test: summed probability of the venomous species.
+        venomous_p = float(venomous_probability(probs[None, :], self._venomous)[0])  # (1, C)
         return ImageResult(
             predictions=predictions,
             low_confidence=predictions[0].probability < self.low_confidence,

@@ -2,12 +2,16 @@
 
 `create_app` builds the FastAPI app; `snakeid serve` runs it under uvicorn. Routes:
 `POST /predict` (multipart `file`), `GET /species`, `GET /health`, `GET /` (a self-contained
-page) and FastAPI's `/docs`. Bad uploads get a 4xx with a message a person can act on; the
-process never has to decode more bytes or pixels than the configured limits.
+page) and the API docs `/docs` (Swagger UI). Bad uploads get a 4xx with a message a person can
+act on; the process never has to decode more bytes or pixels than the configured limits.
+Nothing is loaded from another host: the Swagger UI's JavaScript and CSS come from the pinned
+`fastapi-offline` package (FastAPI's own `/docs` fetches them from a CDN, so is blank offline).
+ReDoc is off: its bundle always fetches its logo from its CDN.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 from importlib import resources
 from pathlib import Path
@@ -15,12 +19,13 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snakeid import __version__
-from snakeid.predict import Predictor
+from snakeid.predict import SYNTHETIC_WARNING, Predictor
 from snakeid.preprocess import (
     DEFAULT_MAX_PIXELS,
     CorruptImage,
@@ -36,6 +41,8 @@ _logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Room for the multipart boundary and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# Where the page's banner goes; `render_page` refuses a page without it, so it cannot go missing.
+BANNER_MARKER = "<!-- synthetic-banner -->"
 
 
 class PredictionOut(BaseModel):
@@ -68,6 +75,8 @@ class HealthOut(BaseModel):
     status: str
     model_loaded: bool
     model_sha256: str
+    synthetic: bool  # trained on the demo's generated photos: not a model of real snakes
+    data_source: str | None  # model_meta.json's data.source
     model: dict[str, Any]
 
 
@@ -112,6 +121,23 @@ def _megabytes(n: int) -> str:
     return f"{n / (1024 * 1024):g} MB"
 
 
+def render_page(template: str, *, synthetic: bool) -> str:
+    """The page, with a plain banner at the top when the model is synthetic.
+
+    Written into the HTML by the server rather than by the page's script, so the warning shows
+    even before (or without) any request the script makes.
+    """
+    if template.count(BANNER_MARKER) != 1:
+        raise ValueError(f"static/index.html must contain {BANNER_MARKER!r} exactly once")
+    banner = ""
+    if synthetic:
+        banner = (
+            '<p id="synthetic-banner" class="synthetic-banner" role="alert">'
+            f"<strong>Warning:</strong> {html.escape(SYNTHETIC_WARNING)}.</p>"
+        )
+    return template.replace(BANNER_MARKER, banner)
+
+
 def create_app(
     model_path: str | Path,
     meta_path: str | Path | None = None,
@@ -137,10 +163,15 @@ def create_app(
     )
     predictor.check_top_k(top_k)
     set_pixel_limit(max_pixels)
-    page = resources.files("snakeid").joinpath("static/index.html").read_text(encoding="utf-8")
+    template = resources.files("snakeid").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = render_page(template, synthetic=predictor.meta.synthetic)
     too_large = f"upload is larger than the {_megabytes(max_upload_bytes)} limit"
 
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs pointed at its own copy of the Swagger UI assets
+    # (mounted under /static-offline-docs) instead of a CDN.
+    app = FastAPIOffline(
+        docs_url="/docs",
+        redoc_url=None,
         title="snakeid",
         version=__version__,
         description=(
@@ -164,6 +195,8 @@ def create_app(
             "status": "ok",
             "model_loaded": True,
             "model_sha256": predictor.model_sha256,
+            "synthetic": predictor.meta.synthetic,
+            "data_source": predictor.meta.data_source,
             "model": predictor.info(),
         }
 
