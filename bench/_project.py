@@ -204,12 +204,15 @@ def dvc_paths(root: Path) -> dict[str, str]:
     return found
 
 
+OUTPUT_DIRS = ("metrics/", "plots/", "reports/", "dvclive/")  # the stages' git-tracked outputs
+
+
 def stage_command(
     root: Path, stage: str, paths: dict[str, str], scratch: Path, params_file: Path
 ) -> list[str]:
-    """A stage's `dvc.yaml` command with some `paths` replaced, its literal metrics/ and
-    plots/ outputs sent to `scratch`, reading `params_file`: the stage as DVC runs it, on
-    other data, without touching the project's outputs."""
+    """A stage's `dvc.yaml` command with some `paths` replaced, its literal outputs in
+    OUTPUT_DIRS sent to `scratch`, reading `params_file`: the stage as DVC runs it, on other
+    data, without touching the project's outputs."""
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
     context = yaml.safe_load((root / "params.yaml").read_text())
     for v in dvc.get("vars", []):
@@ -225,8 +228,7 @@ def stage_command(
 
     argv = shlex.split(re.sub(r"\$\{([\w.]+)\}", lookup, dvc["stages"][stage]["cmd"]))
     argv = [
-        str(scratch / f"{stage}_{Path(a).name}") if a.startswith(("metrics/", "plots/")) else a
-        for a in argv
+        str(scratch / f"{stage}_{Path(a).name}") if a.startswith(OUTPUT_DIRS) else a for a in argv
     ]
     return [*argv, "--params", str(params_file)]
 

@@ -164,9 +164,9 @@ def pipeline_and_training(root: Path, scratch: Path, sizes: Sizes) -> dict[str, 
     features_s = sum(float(s) for s in re.findall(r"features: .* views in ([0-9.]+)s", logged))
     training = {}
     for stage in ("train_head", "finetune"):
-        metrics = json.loads((root / f"metrics/{stage}.json").read_text())
-        with open(root / f"plots/{stage}.csv") as f:
-            epochs_s = sum(float(r["seconds"]) for r in csv.DictReader(f))
+        metrics = json.loads((root / f"reports/{stage}.json").read_text())
+        logged = (scratch / f"repro_{stage}.log").read_text()
+        epochs_s = float(re.search(rf"{stage}: best epoch .*, ([0-9.]+)s training", logged)[1])
         ours = {k: metrics[k] for k in ("val_macro_f1", "val_accuracy", "best_epoch", "epochs")}
         ours |= {k: metrics[k] for k in ("views", "n_train", "n_val")}
         ours |= {
@@ -183,7 +183,7 @@ def pipeline_and_training(root: Path, scratch: Path, sizes: Sizes) -> dict[str, 
         "stages": stages,
         "first_repro_s": first_repro_s,
         "noop_repro": _project.noop_repro(root, scratch, sizes.noop_runs),
-        "quantize_stage_metrics": json.loads((root / "metrics/quantize.json").read_text()),
+        "quantize_stage_metrics": json.loads((root / "reports/quantize.json").read_text()),
     }
 
 

@@ -12,6 +12,8 @@ from snakeid.engine import feature_engine, prefix_engine
 from snakeid.evaluate import (
     EvaluateConfig,
     evaluate,
+    headline,
+    per_species_rows,
     plot_confusion,
     plot_per_species_f1,
     predict_logits,
@@ -28,7 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="headline numbers (DVC metrics)")
+    ap.add_argument("--report", type=Path, required=True, help="every number (JSON)")
+    ap.add_argument("--per-species", type=Path, required=True, help="per-species scores (CSV)")
     ap.add_argument("--confusion", type=Path, required=True, help="actual,predicted CSV")
     ap.add_argument("--predictions", type=Path, required=True, help="per-photo top-3 CSV")
     ap.add_argument("--confusion-png", type=Path, required=True)
@@ -59,13 +63,12 @@ def main() -> None:
             seed=base.seed,
             calibration=ckpt["calibration"],
         )
-    metrics = ev.metrics | {
-        "backbone": "+".join(ckpt["backbone"]),
-        "pretrained": ckpt["metrics"]["pretrained"],
-        "tta_flip": model_cfg.tta_flip,
-    }
-    write_json(args.metrics, metrics)
-    preds = prediction_rows(ev, species)
+    metrics = ev.metrics
+    write_json(args.report, metrics)
+    write_json(args.metrics, headline(metrics))
+    write_csv(args.per_species, per_species_rows(metrics))
+    threshold = ckpt["calibration"]["venomous_threshold"]
+    preds = prediction_rows(ev, species, venomous_threshold=threshold)
     write_csv(args.predictions, preds)
     write_csv(args.confusion, [{"actual": p["actual"], "predicted": p["predicted"]} for p in preds])
     plot_confusion(ev, species, args.confusion_png)

@@ -1,9 +1,12 @@
-"""Stage export_onnx: ONNX FP32 model + model_meta.json, checked against PyTorch on test photos."""
+"""Stage export_onnx: ONNX FP32 model, checked against PyTorch on test photos; model_meta.json
+(the serving interface and provenance) and MODEL_CARD.md."""
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+from snakeid.card import data_provenance, model_card
 from snakeid.config import base_config, load_params, section
 from snakeid.export import (
     ExportConfig,
@@ -29,7 +32,10 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--onnx", type=Path, required=True)
     ap.add_argument("--meta", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--card", type=Path, required=True, help="MODEL_CARD.md")
+    ap.add_argument("--evaluation", type=Path, required=True, help="evaluate's headline metrics")
+    ap.add_argument("--metrics", type=Path, required=True, help="parity with PyTorch (DVC metrics)")
+    ap.add_argument("--report", type=Path, required=True, help="every number (JSON)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -45,9 +51,18 @@ def main() -> None:
     export_onnx(model, args.onnx, ckpt["image_size"], cfg.opset)
     rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
     result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt["image_size"]))
-    write_json(args.metrics, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
+    write_json(args.report, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
+    write_json(args.metrics, {k: result[k] for k in ("top1_agreement", "max_abs_logit_diff")})
     check_parity(result, cfg)  # after writing, so a failed check leaves its evidence
-    write_json(args.meta, model_meta(ckpt, cfg, tta_flip=model_cfg.tta_flip))
+    meta = model_meta(
+        ckpt,
+        cfg,
+        tta_flip=model_cfg.tta_flip,
+        data=data_provenance(args.split, species),
+        evaluation=json.loads(args.evaluation.read_text()),
+    )
+    write_json(args.meta, meta)
+    args.card.write_text(model_card(meta))
     _logger.info(
         "exported %s: agreement %.3f, max |diff| %.2e",
         args.onnx,

@@ -15,10 +15,10 @@ import torch
 from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
 from snakeid.config import load_params, section
+from snakeid.live import CURVES, EpochLog
 from snakeid.models import SnakeNet, load_checkpoint, save_checkpoint
 from snakeid.stage import UserError, run_stage
 from snakeid.train import (
-    PLOT_COLUMNS,
     FinetuneConfig,
     Setup,
     TrainHeadConfig,
@@ -28,7 +28,7 @@ from snakeid.train import (
     prepare,
     train_tail,
 )
-from snakeid.utils import write_csv, write_json
+from snakeid.utils import write_json
 
 
 def main() -> None:
@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--head", type=Path, required=True, help="checkpoint from train_head")
     ap.add_argument("--features", type=Path, required=True, help="train_head's feature cache")
     ap.add_argument("--model-out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
-    ap.add_argument("--plot", type=Path, required=True, help="per-epoch curves (CSV)")
+    ap.add_argument("--live", type=Path, required=True, help="DVCLive dir: metrics, curves")
+    ap.add_argument("--report", type=Path, required=True, help="detailed report (JSON)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -49,12 +49,12 @@ def main() -> None:
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
     head = head_ckpt["metrics"]
+    log = EpochLog(args.live)
     if cfg.enabled:
-        model, metrics, held, history = _finetune(args, model, head_ckpt, head_cfg, cfg, setup)
+        model, metrics, held = _finetune(args, model, head_ckpt, head_cfg, cfg, setup, log)
     else:  # the head is the final model: calibrate it on its own holdout logits
         held = head_ckpt["holdout"]
-        metrics = {"enabled": False, "val_macro_f1": head["val_macro_f1"]}
-        history = []  # no epochs: an empty curve
+        metrics = {"enabled": False} | {k: head[k] for k in CURVES}
     calibration = calibrate_on_val(
         held["logits"].numpy(),
         held["labels"].numpy(),
@@ -80,8 +80,9 @@ def main() -> None:
         metrics=metrics,
         calibration=calibration,
     )
-    write_json(args.metrics, metrics)
-    write_csv(args.plot, history, fieldnames=PLOT_COLUMNS)
+    write_json(args.report, metrics)
+    # headline: the final model's val scores (the head's when finetune is off: no epochs logged)
+    log.finish({k: metrics[k] for k in CURVES})
 
 
 def _finetune(
@@ -91,8 +92,9 @@ def _finetune(
     head_cfg: TrainHeadConfig,
     cfg: FinetuneConfig,
     setup: Setup,
-) -> tuple[SnakeNet, dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """Train the last blocks on the cached features: (model, metrics, val holdout, history)."""
+    log: EpochLog,
+) -> tuple[SnakeNet, dict[str, Any], dict[str, Any]]:
+    """Train the last blocks on the cached features: (model, metrics, val holdout)."""
     if head_ckpt["params"]["train_head"].get("refit"):
         raise UserError(
             "the head was refitted on train+val (train_head.refit); finetune would choose its "
@@ -108,7 +110,7 @@ def _finetune(
     )
     result = train_tail(
         model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,
-        stage="finetune",
+        stage="finetune", log=log,
     )  # fmt: skip
     held = {
         "logits": torch.from_numpy(result.fit.val_logits),
@@ -116,7 +118,7 @@ def _finetune(
         "source": "val",
     }
     metrics = result.metrics | {"enabled": True, "lr": fit.lr}
-    return result.model, metrics, held, result.fit.history
+    return result.model, metrics, held
 
 
 if __name__ == "__main__":

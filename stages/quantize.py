@@ -12,7 +12,7 @@ from snakeid.config import base_config, load_params, section
 from snakeid.evaluate import Evaluation, evaluable, prediction_rows
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
-from snakeid.quantize import QuantizeConfig, check_int8, compare, latencies, quantize
+from snakeid.quantize import HEADLINE, QuantizeConfig, check_int8, compare, latencies, quantize
 from snakeid.stage import run_stage
 from snakeid.taxa import load_species
 from snakeid.utils import write_csv, write_json
@@ -26,7 +26,8 @@ def main() -> None:
     ap.add_argument("--meta", type=Path, required=True)
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--int8", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="headline numbers (DVC metrics)")
+    ap.add_argument("--report", type=Path, required=True, help="every number (JSON)")
     ap.add_argument("--predictions", type=Path, required=True, help="per-photo INT8 top-3 CSV")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
@@ -35,7 +36,8 @@ def main() -> None:
     base = base_config(params)
     cfg = section(params, "quantize", QuantizeConfig)
     species = load_species(base.species_file)
-    size = json.loads(args.meta.read_text())["image_size"]
+    meta = json.loads(args.meta.read_text())
+    size = meta["image_size"]
 
     train = read_manifest(args.split / "train.csv")
     calib = random.Random(base.seed).sample(train, min(cfg.calibration_images, len(train)))
@@ -49,8 +51,14 @@ def main() -> None:
         threads=base.threads,
     )  # fmt: skip
     result |= {"method": cfg.method, "calibration_images": len(calib), "n_test": len(test)}
-    write_json(args.metrics, result)
-    write_csv(args.predictions, prediction_rows(Evaluation({}, test, probs, y), species))
+    write_json(args.report, result)
+    write_json(args.metrics, {k: result[k] for k in HEADLINE})
+    rows = prediction_rows(
+        Evaluation({}, test, probs, y),
+        species,
+        venomous_threshold=meta["decision"]["venomous_threshold"],
+    )
+    write_csv(args.predictions, rows)
     check_int8(result, cfg)  # after writing, so a failing model leaves its evidence
     t = latencies(args.onnx, args.int8, image_size=size, threads=base.threads,
                   runs=cfg.latency_runs)  # fmt: skip

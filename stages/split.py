@@ -1,6 +1,7 @@
 """Stage `split`: assign clean photos to train/val/test, grouped by observation.
 
-python stages/split.py --clean data/clean --out data/split --metrics metrics/split.json
+python stages/split.py --clean data/clean --out data/split \
+    --metrics metrics/split.json --report reports/split.json
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", required=True, help="verify output (holds manifest.csv)")
     parser.add_argument("--out", required=True, help="train.csv, val.csv and test.csv go here")
-    parser.add_argument("--metrics", required=True, help="split.json")
+    parser.add_argument("--metrics", required=True, help="photos per split (DVC metrics)")
+    parser.add_argument("--report", required=True, help="per species and fractions (JSON)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -28,7 +30,9 @@ def main() -> None:
     species = load_species(base.species_file)
 
     result = split.run(args.clean, args.out, species, cfg, base.seed)
-    write_json(args.metrics, result.metrics)
+    write_json(args.report, result.metrics)
+    photos = result.metrics["photos"]
+    write_json(args.metrics, {"photos": {k: photos[k] for k in ("train", "val", "test")}})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from snakeid import distributed
 from snakeid.config import load_params, section
 from snakeid.data import eval_preprocess_spec
+from snakeid.live import CURVES, EpochLog
 from snakeid.models import (
     ModelConfig,
     backbone_list,
@@ -24,7 +25,6 @@ from snakeid.models import (
 )
 from snakeid.stage import UserError, run_stage
 from snakeid.train import (
-    PLOT_COLUMNS,
     FinetuneConfig,
     Holdout,
     TrainHeadConfig,
@@ -35,7 +35,7 @@ from snakeid.train import (
     train_probe,
     train_tail,
 )
-from snakeid.utils import write_csv, write_json
+from snakeid.utils import write_json
 
 _logger = logging.getLogger("train_head")
 
@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True, help="directory with train/val/test.csv")
     ap.add_argument("--features", type=Path, required=True, help="frozen-feature cache (output)")
     ap.add_argument("--model-out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
-    ap.add_argument("--plot", type=Path, required=True, help="per-epoch curves (CSV)")
+    ap.add_argument("--live", type=Path, required=True, help="DVCLive dir: metrics, curves")
+    ap.add_argument("--report", type=Path, required=True, help="detailed report (JSON)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -77,17 +77,17 @@ def main() -> None:
         base=base,
         data=setup.data,
     )
+    log = EpochLog(args.live)
     if cfg.method == "probe":
         metrics, holdout = train_probe(model, caches, cfg, balanced=balanced, seed=base.seed)
-        history = [{"epoch": 1} | {k: metrics[k] for k in PLOT_COLUMNS[1:]}]  # one fit
+        log.epoch({"epoch": 1} | metrics)  # one fit: one step
     else:
         fit = fit_spec(cfg, setup, epochs=cfg.epochs, lr=cfg.lr, seed=base.seed)
         result = train_tail(
-            model, 0, caches, base=base, data=setup.data, fit=fit, stage="train_head"
+            model, 0, caches, base=base, data=setup.data, fit=fit, stage="train_head", log=log
         )
         metrics = {"method": "sgd"} | result.metrics
         holdout = Holdout(result.fit.val_logits, result.val_labels, "val")
-        history = result.fit.history
     metrics |= {"pretrained": model_cfg.pretrained}
     if not model_cfg.pretrained:
         metrics["warning"] = "backbone NOT pretrained: random features, expect poor accuracy"
@@ -99,7 +99,11 @@ def main() -> None:
         model,
         species=setup.species,
         preprocess=eval_preprocess_spec(model.input_size),
-        params=setup.provenance(model=model_cfg, train_head=cfg),
+        # model.tta_flip is evaluate's and export's: not a training param
+        params=setup.provenance(
+            model={k: getattr(model_cfg, k) for k in ("pretrained", "weights_path", "dropout")},
+            train_head=cfg,
+        ),
         stage="train_head",
         metrics=metrics,
         holdout={
@@ -108,8 +112,9 @@ def main() -> None:
             "source": holdout.source,
         },
     )
-    write_json(args.metrics, metrics)
-    write_csv(args.plot, history)
+    write_json(args.report, metrics)
+    # headline: the selected fit's curves, plus the out-of-fold score of a refitted probe
+    log.finish({k: metrics[k] for k in (*CURVES, "oof_macro_f1") if k in metrics})
 
 
 if __name__ == "__main__":

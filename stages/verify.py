@@ -1,7 +1,8 @@
 """Stage `verify`: decode every raw photo, drop broken/duplicate ones, write normalised copies.
 
     python stages/verify.py --raw data/raw --out data/clean \
-        --metrics metrics/verify.json --dropped metrics/verify_dropped.csv
+        --metrics metrics/verify.json --report reports/verify.json \
+        --dropped reports/verify_dropped.csv
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", required=True, help="download output (holds manifest.csv)")
     parser.add_argument("--out", required=True, help="clean images and manifest.csv go here")
-    parser.add_argument("--metrics", required=True, help="verify.json")
+    parser.add_argument("--metrics", required=True, help="headline counts (DVC metrics)")
+    parser.add_argument("--report", required=True, help="per species and reason (JSON)")
     parser.add_argument("--dropped", required=True, help="CSV listing every dropped photo")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
@@ -32,7 +34,8 @@ def main() -> None:
 
     result = verify.run(args.raw, args.out, species, cfg)
     write_manifest(args.dropped, result.dropped, verify.DROPPED_COLUMNS)
-    write_json(args.metrics, result.metrics)
+    write_json(args.report, result.metrics)
+    write_json(args.metrics, {k: result.metrics[k] for k in ("kept", "dropped")})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from snakeid.config import TRACE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running the tests has dvc and python
 
@@ -44,9 +46,15 @@ def merge(a: dict, b: dict) -> dict:
 
 
 def run(
-    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900
+    cmd: list[str],
+    cwd: Path,
+    check: bool = True,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = (
+        os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"} | (env or {})
+    )
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
@@ -78,10 +86,8 @@ def make_project(root: Path, shrunk: dict = SHRUNK) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merge(params, shrunk), sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
-    for d in ("metrics", "plots"):
-        for f in (root / d).glob("*"):
-            if f.is_file() and f.name != ".gitkeep":
-                f.unlink()
+    for d in ("metrics", "plots", "reports", "dvclive"):  # the committed run's outputs
+        shutil.rmtree(root / d, ignore_errors=True)
     run(["git", "init", "-q"], root)
     commit(root, "init")
     return root
@@ -93,15 +99,21 @@ _REPRODUCED: dict[str, Path] = {}
 def reproduced(tmp_path_factory) -> Path:
     """The shrunk project after one `dvc repro` of all stages, committed (built once a session).
 
-    Its `first_repro.log` holds that run's output. Tests must not change it: use `copy_project`.
+    Its `first_repro.log` holds that run's output, and `params_read(root)` every params key each
+    stage read in it. Tests must not change it: use `copy_project`.
     """
     if "root" not in _REPRODUCED:
         root = make_project(tmp_path_factory.mktemp("dvc-project") / "snakeid")
-        first = run(["dvc", "repro"], root)
+        first = run(["dvc", "repro"], root, env={TRACE_ENV: str(params_read_file(root))})
         (root / "first_repro.log").write_text(first.stdout)
         commit(root, "repro")
         _REPRODUCED["root"] = root
     return _REPRODUCED["root"]
+
+
+def params_read_file(root: Path) -> Path:
+    """Where the first repro of `root` recorded the params its stages read (beside the repo)."""
+    return root.parent / "params_read.tsv"
 
 
 def copy_project(src: Path, dest: Path) -> Path:

@@ -121,12 +121,12 @@ def _stage_args(ws: Path, split: Path) -> dict[str, list[str]]:
     return {
         "train_head": [
             str(REPO / "stages/train_head.py"), *common, "--model-out", "models/head.pt",
-            "--metrics", "metrics/train_head.json", "--plot", "plots/train_head.csv",
+            "--live", "dvclive/train_head", "--report", "reports/train_head.json",
         ],
         "finetune": [
             str(REPO / "stages/finetune.py"), *common, "--head", "models/head.pt",
             "--model-out", "models/model_final.pt",
-            "--metrics", "metrics/finetune.json", "--plot", "plots/finetune.csv",
+            "--live", "dvclive/finetune", "--report", "reports/finetune.json",
         ],
     }  # fmt: skip
 
@@ -189,10 +189,11 @@ def test_only_rank_0_writes_outputs(ranks):
         "data/features/features.json",
         "models/head.pt",
         "models/model_final.pt",
-        "metrics/train_head.json",
-        "metrics/finetune.json",
-        "plots/train_head.csv",
-        "plots/finetune.csv",
+        "reports/train_head.json",
+        "reports/finetune.json",
+        "dvclive/train_head/metrics.json",
+        "dvclive/finetune/metrics.json",
+        "dvclive/finetune/plots/metrics/val_macro_f1.tsv",
     }
     assert outputs <= rank0
     # rank 1 wrote only its rows of the shared feature memmaps (and of the scratch copies
@@ -229,7 +230,7 @@ def test_gathered_val_metrics_equal_a_single_process_evaluation(ranks, stage, tm
     val = caches.val if middle is None else caches.val.mapped(middle, tmp_path, "val", "cpu")
     loss, logits = predict_cached(tail, val, device="cpu", labels=caches.val_labels)
     pred = logits.argmax(1)
-    metrics = json.loads((ws / f"metrics/{stage}.json").read_text())
+    metrics = json.loads((ws / f"reports/{stage}.json").read_text())
     assert metrics["processes"] == 2
     labels = np.unique(caches.val_labels)
     assert metrics["val_macro_f1"] == pytest.approx(macro_f1(caches.val_labels, pred, labels))

@@ -27,7 +27,8 @@ PARAMS = {
     "split": {"train": 0.6, "val": 0.2, "test": 0.2},
 }
 VERIFY = ["verify.py", "--raw", "data/raw", "--out", "data/clean"]
-VERIFY += ["--metrics", "metrics/verify.json", "--dropped", "metrics/verify_dropped.csv"]
+VERIFY += ["--metrics", "metrics/verify.json", "--report", "reports/verify.json"]
+VERIFY += ["--dropped", "reports/verify_dropped.csv"]
 SPLIT = [
     "split.py",
     "--clean",
@@ -36,6 +37,8 @@ SPLIT = [
     "data/split",
     "--metrics",
     "metrics/split.json",
+    "--report",
+    "reports/split.json",
 ]
 
 
@@ -72,12 +75,16 @@ def project(tmp_path: Path) -> Path:
 def test_verify_then_split(project: Path) -> None:
     done = stage(project, VERIFY)
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((project / "metrics" / "verify.json").read_text())
+    assert json.loads((project / "metrics" / "verify.json").read_text()) == {
+        "kept": 10,
+        "dropped": 2,
+    }
+    metrics = json.loads((project / "reports" / "verify.json").read_text())
     assert (metrics["seen"], metrics["kept"], metrics["dropped"]) == (12, 10, 2)
     assert (
         metrics["dropped_by_reason"]["missing"] == metrics["dropped_by_reason"]["unreadable"] == 1
     )
-    with open(project / "metrics" / "verify_dropped.csv", newline="") as f:
+    with open(project / "reports" / "verify_dropped.csv", newline="") as f:
         assert sorted(r["reason"] for r in csv.DictReader(f)) == ["missing", "unreadable"]
     with open(project / "data" / "clean" / "manifest.csv", newline="") as f:
         clean = list(csv.DictReader(f))
@@ -88,8 +95,10 @@ def test_verify_then_split(project: Path) -> None:
 
     done = stage(project, SPLIT)
     assert done.returncode == 0, done.stderr
-    split = json.loads((project / "metrics" / "split.json").read_text())
+    split = json.loads((project / "reports" / "split.json").read_text())
     assert split["photos"]["total"] == 10
+    headline = json.loads((project / "metrics" / "split.json").read_text())
+    assert headline == {"photos": {k: split["photos"][k] for k in ("train", "val", "test")}}
     assert split["missing_species"] == ["Daboia siamensis"]
     n = 0
     for x in SPLITS:

@@ -14,6 +14,9 @@ Bounds and choices live in field metadata:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +26,11 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+# Test hook: with this variable naming a file, each process appends "<argv[0]>\t<key>" there for
+# every params key it reads from a config object (tests/test_dvc_deps.py checks that each stage
+# reads only the params its dvc.yaml entry declares). Unset, configs are plain dataclasses.
+TRACE_ENV = "SNAKEID_PARAMS_TRACE"
 
 
 class ParamsError(ValueError):
@@ -75,7 +83,37 @@ def from_dict(cls: type[T], raw: Any, *, prefix: str) -> T:
                 raise ParamsError(f"{key}: required key is missing")
             continue
         values[name] = _check(_coerce(raw[name], hints[name], key), f.metadata, key)
-    return cls(**values)
+    trace = os.environ.get(TRACE_ENV)
+    if not trace:
+        return cls(**values)
+    cfg = _traced(cls)(**values)
+    object.__setattr__(cfg, "_trace", (trace, prefix))
+    return cfg
+
+
+@functools.cache
+def _traced(cls: type[T]) -> type[T]:
+    """`cls` whose instances record each leaf field read (see TRACE_ENV)."""
+    names = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    seen: set[str] = set()
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if name in names and not dataclasses.is_dataclass(value):
+            path, prefix = object.__getattribute__(self, "__dict__").get("_trace", ("", ""))
+            key = f"{prefix}.{name}"
+            if path and key not in seen:
+                seen.add(key)
+                with open(path, "a") as f:
+                    f.write(f"{sys.argv[0]}\t{key}\n")
+        return value
+
+    def __reduce__(self: Any) -> tuple[type[T], tuple[Any, ...]]:
+        # pickled (to a worker process) as the plain config: every field counts as read
+        return cls, tuple(getattr(self, f.name) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    methods = {"__getattribute__": __getattribute__, "__reduce__": __reduce__}
+    return type(cls.__name__, (cls,), methods)  # type: ignore[return-value]
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

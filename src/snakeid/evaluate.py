@@ -30,6 +30,38 @@ class EvaluateConfig:
     ece_bins: int = field(default=15, metadata=spec(ge=2))
 
 
+# The DVC metrics of `evaluate`: the headline numbers. The rest of `Evaluation.metrics` is the
+# stage's report; per-species scores are a plot (`per_species_rows`).
+HEADLINE = (
+    "macro_f1",
+    "macro_f1_ci95",
+    "accuracy",
+    "accuracy_ci95",
+    "balanced_accuracy",
+    "balanced_accuracy_ci95",
+    "top3_accuracy",
+    "ece",
+    "venomous_to_harmless_rate",
+)
+RULE_HEADLINE = ("venomous_missed_rate", "harmless_flagged_rate")
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an evaluation's metrics."""
+    rule = metrics["venomous_rule"]
+    return {k: metrics[k] for k in HEADLINE} | {
+        "venomous_rule": {k: rule[k] for k in RULE_HEADLINE}
+    }
+
+
+def per_species_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per species with test photos, as `dvc plots` reads them (a bar chart of F1)."""
+    return [
+        {"species": name} | {k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}
+        for name, m in metrics["per_species"].items()
+    ]
+
+
 @dataclass
 class Evaluation:
     metrics: dict[str, Any]
@@ -50,7 +82,7 @@ def predict_logits(
     through the shared eval transform."""
     ds = SplitDataset(rows, species, eval_transform(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    out = [run(x) for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False)]
+    out = [run(x) for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False, disable=None)]
     return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
 
 
@@ -124,10 +156,14 @@ def evaluable(
     return kept, Counter(r["taxon"] for r in test_rows if r["taxon"] not in trained)
 
 
-def prediction_rows(ev: Evaluation, species: Sequence[Species], k: int = 3) -> list[dict[str, Any]]:
-    """One row per test photo: truth, prediction and the top-k with probabilities."""
+def prediction_rows(
+    ev: Evaluation, species: Sequence[Species], *, venomous_threshold: float, k: int = 3
+) -> list[dict[str, Any]]:
+    """One row per test photo: truth, prediction, the "possibly venomous" rule at
+    `venomous_threshold` (as `snakeid predict` applies it) and the top-k with probabilities."""
+    p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
     out = []
-    for row, p, y in zip(ev.rows, ev.probs, ev.labels, strict=True):
+    for row, p, y, pv in zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True):
         top = np.argsort(-p)[:k]
         rec: dict[str, Any] = {
             "path": row["path"],
@@ -138,6 +174,8 @@ def prediction_rows(ev: Evaluation, species: Sequence[Species], k: int = 3) -> l
             "correct": int(top[0] == y),
             "actual_venomous": int(species[y].venomous),
             "predicted_venomous": int(species[top[0]].venomous),
+            "venomous_probability": round(float(pv), 6),
+            "possibly_venomous": int(pv >= venomous_threshold),
         }
         for j, c in enumerate(top, 1):
             rec[f"top{j}"] = species[c].name

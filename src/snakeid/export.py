@@ -125,8 +125,16 @@ def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
         )
 
 
-def model_meta(ckpt: dict[str, Any], cfg: ExportConfig, *, tta_flip: bool) -> dict[str, Any]:
-    """Everything an application needs to use the exported model without this repository."""
+def model_meta(
+    ckpt: dict[str, Any],
+    cfg: ExportConfig,
+    *,
+    tta_flip: bool,
+    data: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything an application needs to use the exported model without this repository, and
+    its provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline)."""
     return {
         "format": META_FORMAT,
         "species": [
@@ -154,4 +162,6 @@ def model_meta(ckpt: dict[str, Any], cfg: ExportConfig, *, tta_flip: bool) -> di
             # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
             "venomous_threshold": ckpt["calibration"]["venomous_threshold"],
         },
+        "data": data,
+        "evaluation": evaluation,
     }

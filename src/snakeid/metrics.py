@@ -108,17 +108,28 @@ def bootstrap_intervals(
     seed: int,
     level: float = 0.95,
 ) -> dict[str, dict[str, float]]:
-    """Percentile bootstrap intervals for accuracy and macro-F1 (photos drawn with replacement)."""
+    """Percentile bootstrap intervals for accuracy, balanced accuracy and macro-F1 (photos drawn
+    with replacement). A resample's balanced accuracy averages the species it drew."""
     rng = np.random.default_rng(seed)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = len(y_true)
-    acc, f1 = np.empty(resamples), np.empty(resamples)
+    draws: dict[str, np.ndarray] = {
+        name: np.empty(resamples) for name in ("accuracy", "balanced_accuracy", "macro_f1")
+    }
     for i in range(resamples):
         idx = rng.integers(0, n, n)
-        acc[i] = (y_true[idx] == y_pred[idx]).mean()
-        f1[i] = macro_f1(y_true[idx], y_pred[idx], labels)
+        t, p = y_true[idx], y_pred[idx]
+        hit = t == p
+        draws["accuracy"][i] = hit.mean()
+        support = np.bincount(t)
+        present = support > 0
+        draws["balanced_accuracy"][i] = (
+            np.bincount(t, weights=hit, minlength=len(support))[present] / support[present]
+        ).mean()
+        draws["macro_f1"][i] = macro_f1(t, p, labels)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     # {low, high} rather than a list: `dvc metrics show/diff` only shows numbers.
     return {
         f"{name}_ci95": {"low": float(np.percentile(v, lo)), "high": float(np.percentile(v, hi))}
-        for name, v in (("accuracy", acc), ("macro_f1", f1))
+        for name, v in draws.items()
     }

@@ -173,13 +173,13 @@ def check_int8(result: dict[str, Any], cfg: QuantizeConfig) -> None:
         problems.append(
             f"top-1 agreement with FP32 {result['top1_agreement']:.3f} < {cfg.min_agreement}"
         )
-    drop = result["fp32"]["accuracy"] - result["int8"]["accuracy"]
+    drop = -result["accuracy_delta"]
     if drop > cfg.max_accuracy_drop:
         problems.append(f"accuracy drop {drop:.3f} > {cfg.max_accuracy_drop}")
     if problems:
         raise UserError(
             f"INT8 model ({cfg.method}) is not good enough: {'; '.join(problems)} "
-            "(see metrics/quantize.json; try quantize.calibrate_method or more calibration_images)"
+            "(see reports/quantize.json; try quantize.calibrate_method or more calibration_images)"
         )
 
 
@@ -213,7 +213,11 @@ def compare(
         }
     result["top1_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
     result["size_ratio"] = result["int8"]["bytes"] / result["fp32"]["bytes"]
+    result["accuracy_delta"] = result["int8"]["accuracy"] - result["fp32"]["accuracy"]
     return result, probs["int8"]
+
+
+HEADLINE = ("top1_agreement", "size_ratio", "accuracy_delta")  # quantize's DVC metrics
 
 
 def latencies(

@@ -43,6 +43,7 @@ from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
 from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
 from snakeid.engine import feature_engine, prefix_engine
+from snakeid.live import EpochLog
 from snakeid.manifest import read_manifest
 from snakeid.metrics import balanced_accuracy, macro_f1
 from snakeid.models import SnakeNet, backbone_list
@@ -56,7 +57,6 @@ _logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
 PROGRESS_EVERY_S = 20  # a log line this often in long loops when stdout is not a terminal
-PLOT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1")  # what dvc.yaml's plots read
 
 
 @dataclass(frozen=True)
@@ -704,11 +704,13 @@ def train_tail(
     data: DataConfig,
     fit: FitSpec,
     stage: str,
+    log: EpochLog | None = None,
 ) -> StageResult:
     """Train the last `unfreeze_blocks` blocks and the classifier on cached features.
 
     Frozen blocks between the cache and the trainable tail run once over the cache, not once
-    per epoch. Returns the model with its best epoch's weights.
+    per epoch. Each epoch goes to `log` (DVCLive) as it ends. Returns the model with its best
+    epoch's weights.
     """
     check_imbalance_options(data, fit.loss)
     device = resolve_device(base.device)
@@ -728,6 +730,8 @@ def train_tail(
     )
 
     def progress(row: dict[str, float]) -> None:
+        if log is not None:
+            log.epoch(row)
         bar.update(1)
         bar.set_postfix(
             loss=f"{row['train_loss']:.3f}",
@@ -903,8 +907,9 @@ class Setup:
     species: list[Species]
 
     def provenance(self, **sections: Any) -> dict[str, Any]:
+        """The params a checkpoint was trained with: configs, or dicts of the keys used."""
         shared = {"base": self.base, "data": self.data, "loss": self.loss}
-        return {k: to_dict(v) for k, v in (shared | sections).items()}
+        return {k: v if isinstance(v, dict) else to_dict(v) for k, v in (shared | sections).items()}
 
 
 def fit_spec(

@@ -236,7 +236,7 @@ def _prepare_out(out: Path) -> None:
 
 def _inspect_all(jobs: list[_Job], cfg: VerifyConfig) -> list[_Inspected]:
     work = partial(_inspect, cfg=cfg)
-    bar = tqdm(total=len(jobs), desc="verify", unit="img", mininterval=1.0)
+    bar = tqdm(total=len(jobs), desc="verify", unit="img", mininterval=1.0, disable=None)
     try:
         if cfg.workers == 1 or len(jobs) < 2 * cfg.workers:
             results = []

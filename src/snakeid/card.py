@@ -1,0 +1,116 @@
+"""Provenance of an exported model and its model card (`models/MODEL_CARD.md`).
+
+Both come from the same facts: the split manifests the model was trained, calibrated and tested
+on (their photo counts and content hashes; each manifest row carries its photo's sha256) and
+`evaluate`'s headline metrics. No git commit and no timestamp: the outputs stay a pure function
+of the stage's inputs, and `dvc.lock` ties these hashes to commits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from snakeid.manifest import read_manifest
+from snakeid.predict import SYNTHETIC_SOURCE
+from snakeid.taxa import Species
+from snakeid.utils import sha256_file
+
+SPLITS = ("train", "val", "test")
+
+
+def data_provenance(split_dir: Path, species: Sequence[Species]) -> dict[str, Any]:
+    """Where the photos came from, how many per species and split, and the manifests' hashes."""
+    rows = {s: read_manifest(split_dir / f"{s}.csv") for s in SPLITS}
+    sources = sorted({r["source"] for part in rows.values() for r in part})
+    counts = {s: Counter(r["taxon"] for r in part) for s, part in rows.items()}
+    return {
+        "source": "+".join(sources),  # demo-synthetic | folder | inat (one per photo)
+        "photos": {sp.name: {s: counts[s][sp.name] for s in SPLITS} for sp in species},
+        "manifest_sha256": {s: sha256_file(split_dir / f"{s}.csv") for s in SPLITS},
+    }
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A short Markdown model card from `model_meta.json`'s facts."""
+    data, ev = meta["data"], meta["evaluation"]
+    species = meta["species"]
+    n_venomous = sum(s["venomous"] for s in species)
+    totals = {s: sum(p[s] for p in data["photos"].values()) for s in SPLITS}
+    rule = ev["venomous_rule"]
+    lines = [
+        f"# snakeid model card: {meta['backbone']}",
+        "",
+    ]
+    if data["source"] == SYNTHETIC_SOURCE:
+        lines += [
+            "> **Trained on synthetic demo photos.** This model does not identify real snakes; "
+            "it exists to show the pipeline working.",
+            "",
+        ]
+    lines += [
+        "## Intended use",
+        "",
+        f"Suggests which of {len(species)} snake species ({n_venomous} venomous) a photo "
+        'shows, with a "possibly venomous" flag, to help people who photograph snakes and '
+        "the field apps and clinics that support them.",
+        "",
+        "**Not for medical decisions.** Treat every snakebite as an emergency whatever the "
+        "model says. The model only knows the species below; a snake of any other species is "
+        "still named as one of them.",
+        "",
+        "## Data",
+        "",
+        f"- Source: `{data['source']}`; photos train / val / test: "
+        f"{totals['train']} / {totals['val']} / {totals['test']}, split by observation.",
+        "- Manifests (sha256): "
+        + ", ".join(f"{s} `{h[:16]}`" for s, h in data["manifest_sha256"].items()),
+        f"- Params digest: `{meta['params_digest'][:16]}`",
+        "",
+        "## Test metrics",
+        "",
+        "| metric | value | 95 % interval |",
+        "|---|---|---|",
+    ]
+    for key, label in (
+        ("macro_f1", "macro-F1"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("accuracy", "accuracy"),
+    ):
+        ci = ev[f"{key}_ci95"]
+        lines.append(f"| {label} | {ev[key]:.3f} | {ci['low']:.3f}–{ci['high']:.3f} |")
+    lines += [
+        f"| top-3 accuracy | {ev['top3_accuracy']:.3f} | |",
+        f"| expected calibration error | {ev['ece']:.3f} | |",
+        f"| venomous called a harmless species | {_rate(ev['venomous_to_harmless_rate'])} | |",
+        f'| venomous not flagged "possibly venomous" | {_rate(rule["venomous_missed_rate"])} | |',
+        f'| harmless flagged "possibly venomous" | {_rate(rule["harmless_flagged_rate"])} | |',
+        "",
+        "## Species",
+        "",
+        "| species | common name | venomous | train | val | test |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in species:
+        n = data["photos"][s["name"]]
+        lines.append(
+            f"| *{s['name']}* | {s['common']} | {'yes' if s['venomous'] else 'no'} | "
+            f"{n['train']} | {n['val']} | {n['test']} |"
+        )
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        f"- Closed set: only these {len(species)} species.",
+        f"- Small test set ({totals['test']} photos): read the intervals, not the point values.",
+        "- Metrics are the FP32 model's; the INT8 model's agreement with it is in "
+        "`metrics/quantize.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

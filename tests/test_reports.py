@@ -1,0 +1,129 @@
+"""What the stages write for review: DVCLive curves, headline metrics, provenance, model card."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from snakeid.card import data_provenance, model_card
+from snakeid.evaluate import HEADLINE, headline, per_species_rows
+from snakeid.live import CURVES, EpochLog
+from snakeid.metrics import bootstrap_intervals
+from snakeid.taxa import Species
+from snakeid.utils import sha256_file
+
+SPECIES = [
+    Species("Naja kaouthia", "Monocled Cobra", True),
+    Species("Ptyas mucosa", "Oriental Rat Snake", False),
+]
+
+
+def test_epoch_log_writes_one_step_per_epoch_then_the_headline(tmp_path):
+    live = tmp_path / "dvclive" / "train_head"
+    log = EpochLog(live)
+    for epoch, f1 in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        log.epoch({"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 0.9, "val_macro_f1": f1})
+        summary = json.loads((live / "metrics.json").read_text())
+        assert summary["step"] == epoch and summary["val_macro_f1"] == f1  # progress, per epoch
+    log.finish({"train_loss": 0.5, "val_loss": 0.9, "val_macro_f1": 0.7})
+    assert json.loads((live / "metrics.json").read_text()) == {
+        "train_loss": 0.5,
+        "val_loss": 0.9,
+        "val_macro_f1": 0.7,
+        "step": 3,
+    }
+    for name in CURVES:
+        with open(live / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        assert [r["step"] for r in rows] == ["1", "2", "3"]
+        assert set(rows[0]) == {"step", name}  # no timestamp: the files reproduce bit for bit
+    assert not (live / "report.html").exists() and not (live / "dvc.yaml").exists()
+
+
+def test_epoch_log_without_epochs_writes_only_the_headline(tmp_path):
+    log = EpochLog(tmp_path / "live")
+    log.finish({"val_macro_f1": 0.25})
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {"val_macro_f1": 0.25}
+
+
+def test_bootstrap_intervals_cover_the_point_estimates():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.7, y, rng.integers(0, 4, 200))
+    ci = bootstrap_intervals(y, pred, [0, 1, 2, 3], resamples=300, seed=1)
+    assert set(ci) == {"accuracy_ci95", "balanced_accuracy_ci95", "macro_f1_ci95"}
+    point = balanced_accuracy_score(y, pred)
+    assert ci["balanced_accuracy_ci95"]["low"] < point < ci["balanced_accuracy_ci95"]["high"]
+    assert ci["balanced_accuracy_ci95"]["high"] - ci["balanced_accuracy_ci95"]["low"] < 0.3
+    again = bootstrap_intervals(y, pred, [0, 1, 2, 3], resamples=300, seed=1)
+    assert again == ci  # seeded
+
+
+def _evaluation() -> dict:
+    ci = {"low": 0.5, "high": 0.9}
+    return {
+        **dict.fromkeys(HEADLINE, 0.7),
+        **{k: ci for k in HEADLINE if k.endswith("_ci95")},
+        "venomous_rule": {
+            "threshold": 0.2,
+            "venomous_missed_rate": 0.05,
+            "harmless_flagged_rate": 0.3,
+        },
+        "n_test": 10,
+        "per_species": {
+            "Naja kaouthia": {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 4},
+        },
+    }
+
+
+def test_headline_keeps_only_the_review_numbers():
+    got = headline(_evaluation())
+    assert set(got) == {*HEADLINE, "venomous_rule"}
+    assert got["venomous_rule"] == {"venomous_missed_rate": 0.05, "harmless_flagged_rate": 0.3}
+    assert per_species_rows(_evaluation()) == [
+        {"species": "Naja kaouthia", "precision": 1.0, "recall": 0.5, "f1": 0.666667, "support": 4}
+    ]
+
+
+def _split(tmp_path: Path, source: str) -> Path:
+    split = tmp_path / "split"
+    split.mkdir()
+    counts = {"train": (3, 2), "val": (1, 1), "test": (1, 0)}
+    for part, (cobras, rats) in counts.items():
+        rows = [("Naja kaouthia", i) for i in range(cobras)] + [
+            ("Ptyas mucosa", i) for i in range(rats)
+        ]
+        with open(split / f"{part}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["photo_id", "taxon", "source"])
+            w.writerows([f"{part}-{t}-{i}", t, source] for t, i in rows)
+    return split
+
+
+@pytest.mark.parametrize("source", ["demo-synthetic", "inat"])
+def test_provenance_and_model_card(tmp_path, source):
+    split = _split(tmp_path, source)
+    data = data_provenance(split, SPECIES)
+    assert data["source"] == source
+    assert data["photos"] == {
+        "Naja kaouthia": {"train": 3, "val": 1, "test": 1},
+        "Ptyas mucosa": {"train": 2, "val": 1, "test": 0},
+    }
+    assert data["manifest_sha256"]["val"] == sha256_file(split / "val.csv")
+    meta = {
+        "backbone": "efficientnet_lite0",
+        "species": [{"name": s.name, "common": s.common, "venomous": s.venomous} for s in SPECIES],
+        "params_digest": "ab" * 32,
+        "data": data,
+        "evaluation": headline(_evaluation()),
+    }
+    card = model_card(meta)
+    assert "Not for medical decisions" in card
+    assert "| *Naja kaouthia* | Monocled Cobra | yes | 3 | 1 | 1 |" in card
+    assert "| macro-F1 | 0.700 | 0.500–0.900 |" in card
+    assert ("synthetic demo photos" in card) == (source == "demo-synthetic")
