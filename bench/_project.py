@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,12 @@ from typing import Any
 import psutil
 import yaml
 
+from snakeid.config import merge_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import dvc_project  # noqa: E402  (tests/dvc_project.py: the project copy, one home for both)
+
 BIN = Path(sys.executable).parent  # the virtualenv running the benchmark has dvc and python
-
-
-def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(a.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
 
 
 def env(root: Path) -> dict[str, str]:
@@ -44,39 +41,9 @@ def env(root: Path) -> dict[str, str]:
     }
 
 
-def git(root: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
-
-
 def make_project(repo: Path, root: Path, overrides: dict[str, Any]) -> Path:
-    """Copy the repository's files to `root` as a fresh git repo, params merged with overrides."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if (repo / rel).is_file() and not rel.startswith("bench/"):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo / rel, root / rel)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    for d in ("metrics", "plots"):
-        for f in (root / d).glob("*"):
-            if f.is_file() and f.name != ".gitkeep":
-                f.unlink()
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, overrides), sort_keys=False))
-    git(root, "init", "-q")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "benchmark snapshot")
-    return root
+    """The tests' project copy (tests/dvc_project.py) without bench/: a fresh git repo."""
+    return dvc_project.make_project(root, overrides, repo=repo, skip=("bench/",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +157,6 @@ def check(w: Watched) -> Watched:
     return w
 
 
-def ran_stages(log: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", log)
-
-
 def dvc_paths(root: Path) -> dict[str, str]:
     """The `paths` that dvc.yaml names once (split, features, head, ...)."""
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
@@ -204,20 +167,17 @@ def dvc_paths(root: Path) -> dict[str, str]:
     return found
 
 
-OUTPUT_DIRS = ("metrics/", "plots/", "reports/", "dvclive/")  # the stages' git-tracked outputs
-
-
 def stage_command(
     root: Path, stage: str, paths: dict[str, str], scratch: Path, params_file: Path
 ) -> list[str]:
     """A stage's `dvc.yaml` command with some `paths` replaced, its literal outputs in
-    OUTPUT_DIRS sent to `scratch`, reading `params_file`: the stage as DVC runs it, on other
-    data, without touching the project's outputs."""
+    dvc_project.OUTPUT_DIRS sent to `scratch`, reading `params_file`: the stage as DVC runs
+    it, on other data, without touching the project's outputs."""
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
     context = yaml.safe_load((root / "params.yaml").read_text())
     for v in dvc.get("vars", []):
         if isinstance(v, dict):
-            context = merge(context, v)
+            context = merge_params(context, v)
     context["paths"] = context.get("paths", {}) | paths
 
     def lookup(m: re.Match[str]) -> str:
@@ -228,7 +188,10 @@ def stage_command(
 
     argv = shlex.split(re.sub(r"\$\{([\w.]+)\}", lookup, dvc["stages"][stage]["cmd"]))
     argv = [
-        str(scratch / f"{stage}_{Path(a).name}") if a.startswith(OUTPUT_DIRS) else a for a in argv
+        str(scratch / f"{stage}_{Path(a).name}")
+        if a.startswith(tuple(f"{d}/" for d in dvc_project.OUTPUT_DIRS))
+        else a
+        for a in argv
     ]
     return [*argv, "--params", str(params_file)]
 
@@ -239,5 +202,5 @@ def noop_repro(root: Path, scratch: Path, runs: int) -> dict[str, Any]:
     for i in range(runs):
         w = check(run_watched(["dvc", "repro"], root, scratch / f"noop_{i}.log"))
         walls.append(w.wall_s)
-        stray += ran_stages(w.log)
+        stray += dvc_project.stages_run(w.log)
     return {"runs_s": walls, "median_s": statistics.median(walls), "stages_rerun": stray}

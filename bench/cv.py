@@ -55,13 +55,14 @@ from snakeid.calibration import (  # noqa: E402
 )
 from snakeid.config import BaseConfig, load_params, section  # noqa: E402
 from snakeid.data import DataConfig  # noqa: E402
+from snakeid.engine import prefix_engine  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
 from snakeid.models import ModelConfig, SnakeNet, build_model, trunk_sizes  # noqa: E402
 from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
 from snakeid.sources import DownloadConfig, run_download  # noqa: E402
 from snakeid.split import observation_key  # noqa: E402
-from snakeid.taxa import Species, load_species  # noqa: E402
+from snakeid.taxa import Species, label_index, load_species  # noqa: E402
 from snakeid.train import (  # noqa: E402
     FeatureCache,
     FinetuneConfig,
@@ -72,7 +73,6 @@ from snakeid.train import (  # noqa: E402
     fit_spec,
     fit_tail,
     freeze_all_but,
-    prefix_engine,
     view_datasets,
 )
 from snakeid.utils import seed_everything, write_json  # noqa: E402
@@ -233,7 +233,10 @@ def sgd_recipe(
         params = net.trainable_parameters(blocks)
         freeze_all_but(net, params)
         groups = net.param_groups(blocks, spec.lr, spec.layer_lr_decay)
-        return fit_tail(net, tail, groups, tr, yt, va, yv, np.unique(yv), spec, device="cpu")
+        return fit_tail(
+            net, tail, groups, train=tr, train_labels=yt, val=va, val_labels=yv,
+            labels=np.unique(yv), spec=spec, device="cpu",
+        )  # fmt: skip
 
     def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
         inner = grouped_folds(task.y[train], [task.groups[i] for i in train], 7, task.seed)
@@ -370,7 +373,7 @@ def main() -> None:
     else:
         species = load_species(args.species or args.data / "species.yaml")
         rows = clean_rows(args.data, work, species, params)
-    index = {s.name: i for i, s in enumerate(species)}
+    index = label_index(species)
     task = Task(
         y=np.array([index[r["taxon"]] for r in rows]),
         groups=[observation_key(r) for r in rows],

@@ -51,15 +51,16 @@ import _loading
 import _project
 import _report
 import _unit_costs
-from snakeid.config import base_config, load_params, section
+from snakeid.checkpoint import load_checkpoint
+from snakeid.config import base_config, load_params, merge_params, section
 from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
 from snakeid.engine import feature_engine, prefix_engine
 from snakeid.evaluate import evaluable
 from snakeid.export import ExportConfig, eval_batches
 from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, build_model, load_checkpoint
+from snakeid.models import ModelConfig, build_model
 from snakeid.quantize import QuantizeConfig
-from snakeid.taxa import load_species
+from snakeid.taxa import label_index, load_species
 from snakeid.train import FinetuneConfig, TrainHeadConfig, finetune_settings, prepare
 from snakeid.utils import setup_logging
 
@@ -106,7 +107,7 @@ class Sizes:
 
     def __init__(self, fast: bool):
         self.fast = fast
-        self.params = _project.merge(STUDY_RECIPE, FAST_PARAMS if fast else {})
+        self.params = merge_params(STUDY_RECIPE, FAST_PARAMS if fast else {})
         self.noop_runs = 1 if fast else 3
         self.decode_images, self.decode_rounds = (20, 1) if fast else (120, 2)
         self.worker_images, self.worker_rounds = (16, 1) if fast else (64, 2)
@@ -282,7 +283,7 @@ def memory_check(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
         "finetune": {"epochs": 1},
     }
     p = scratch / "params_rss.yaml"
-    p.write_text(yaml.safe_dump(_project.merge(params, overrides), sort_keys=False))
+    p.write_text(yaml.safe_dump(merge_params(params, overrides), sort_keys=False))
     split = scratch / "split_rss"
     split.mkdir(exist_ok=True)
     full = {s: read_manifest(_path(root, "split") / f"{s}.csv") for s in ("train", "val", "test")}
@@ -340,17 +341,17 @@ def inference(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
     quant = section(params, "quantize", QuantizeConfig)
     opset = section(params, "export_onnx", ExportConfig).opset
     trained, ckpt = load_checkpoint(_path(root, "final"), species)
-    size = ckpt["image_size"]
+    size = ckpt.image_size
     train = read_manifest(_path(root, "split") / "train.csv")
     test, _ = evaluable(read_manifest(_path(root, "split") / "test.csv"), train)
-    index = {s.name: i for i, s in enumerate(species)}
+    index = label_index(species)
     y = np.array([index[r["taxon"]] for r in test])
     calib_rows = random.Random(base.seed).sample(train, min(quant.calibration_images, len(train)))
     calib = eval_batches(calib_rows, species, size, batch_size=1)  # as the quantize stage does
     batches = eval_batches(test, species, size)
     out: dict[str, Any] = {"image_size": size, "backbones": {}}
     for name in INFERENCE_BACKBONES:
-        if [name] == ckpt["backbone"]:
+        if [name] == ckpt.backbone:
             model, note = trained, "trained by the pipeline (model_final.pt)"
         else:
             torch.manual_seed(0)
@@ -373,7 +374,7 @@ def inference(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
             rounds1=sizes.rounds_b1,
             rounds32=sizes.rounds_b32,
         )
-        out["backbones"][name] = r | {"weights": note, "trained": [name] == ckpt["backbone"]}
+        out["backbones"][name] = r | {"weights": note, "trained": [name] == ckpt.backbone}
     out["targets"] = _inference_targets(out["backbones"])
     return out
 

@@ -34,10 +34,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from snakeid.checkpoint import load_checkpoint
 from snakeid.config import load_params, section
 from snakeid.data import SplitDataset, eval_transform, train_transform
 from snakeid.metrics import balanced_accuracy, macro_f1
-from snakeid.models import ModelConfig, SnakeNet, build_model, load_checkpoint
+from snakeid.models import ModelConfig, SnakeNet, build_model
 from snakeid.train import (
     FinetuneConfig,
     Setup,

@@ -10,24 +10,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snakeid.config import base_config, load_params, section
+from snakeid.config import section
 from snakeid.sources import DownloadConfig, run_download
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.stage import run_stage, stage_inputs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", required=True, type=Path, help="raw photos and manifest.csv go here"
-    )
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True, help="raw photos and manifest.csv go here")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, base, species = inputs.params, inputs.base, inputs.species
     cfg = section(params, "download", DownloadConfig)
-    species = load_species(base.species_file)
 
     run_download(cfg, species, args.out, seed=base.seed)
 

@@ -6,7 +6,8 @@ CPU, which export_onnx checks against PyTorch to 1e-3 in logits)."""
 import argparse
 from pathlib import Path
 
-from snakeid.config import base_config, load_params, section
+from snakeid.checkpoint import load_checkpoint
+from snakeid.config import section
 from snakeid.data import DataConfig
 from snakeid.engine import feature_engine, prefix_engine
 from snakeid.evaluate import (
@@ -20,9 +21,8 @@ from snakeid.evaluate import (
     prediction_rows,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, deployed, load_checkpoint
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.models import ModelConfig, deployed
+from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import resolve_device, seed_everything, set_threads, write_csv, write_json
 
 
@@ -40,20 +40,19 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, base, species = inputs.params, inputs.base, inputs.species
     cfg = section(params, "evaluate", EvaluateConfig)
     model_cfg = section(params, "model", ModelConfig)
     data = section(params, "data", DataConfig)
-    species = load_species(base.species_file)
     seed_everything(base.seed, base.deterministic)
     set_threads(base.threads)
     device = resolve_device(base.device)
 
     net, ckpt = load_checkpoint(args.model, species)
-    size = ckpt["image_size"]
+    size = ckpt.image_size
     engine = feature_engine(data.feature_engine, device)
-    with prefix_engine(deployed(net, ckpt, model_cfg), engine, device, size) as run:
+    with prefix_engine(deployed(net, ckpt.temperature, model_cfg), engine, device, size) as run:
         ev = evaluate(
             lambda rows: predict_logits(run, rows, species, size),
             read_manifest(args.split / "test.csv"),
@@ -61,13 +60,13 @@ def main() -> None:
             species,
             cfg,
             seed=base.seed,
-            calibration=ckpt["calibration"],
+            calibration=ckpt.calibration,
         )
     metrics = ev.metrics
     write_json(args.report, metrics)
     write_json(args.metrics, headline(metrics))
     write_csv(args.per_species, per_species_rows(metrics))
-    threshold = ckpt["calibration"]["venomous_threshold"]
+    threshold = ckpt.venomous_threshold
     preds = prediction_rows(ev, species, venomous_threshold=threshold)
     write_csv(args.predictions, preds)
     write_csv(args.confusion, [{"actual": p["actual"], "predicted": p["predicted"]} for p in preds])

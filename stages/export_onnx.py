@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from snakeid.card import data_provenance, model_card
-from snakeid.config import base_config, load_params, section
+from snakeid.checkpoint import load_checkpoint
+from snakeid.config import section
 from snakeid.export import (
     ExportConfig,
     check_parity,
@@ -18,9 +19,8 @@ from snakeid.export import (
     parity,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, deployed, load_checkpoint
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.models import ModelConfig, deployed
+from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import set_threads, write_json
 
 _logger = logging.getLogger("export_onnx")
@@ -39,18 +39,17 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, base, species = inputs.params, inputs.base, inputs.species
     cfg = section(params, "export_onnx", ExportConfig)
     model_cfg = section(params, "model", ModelConfig)
-    species = load_species(base.species_file)
     set_threads(base.threads)
 
     net, ckpt = load_checkpoint(args.model, species)
-    model = deployed(net, ckpt, model_cfg)
-    export_onnx(model, args.onnx, ckpt["image_size"], cfg.opset)
+    model = deployed(net, ckpt.temperature, model_cfg)
+    export_onnx(model, args.onnx, ckpt.image_size, cfg.opset)
     rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
-    result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt["image_size"]))
+    result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt.image_size))
     write_json(args.report, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
     write_json(args.metrics, {k: result[k] for k in ("top1_agreement", "max_abs_logit_diff")})
     check_parity(result, cfg)  # after writing, so a failed check leaves its evidence

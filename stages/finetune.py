@@ -14,10 +14,12 @@ import torch
 
 from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
+from snakeid.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from snakeid.config import load_params, section
+from snakeid.errors import UserError
 from snakeid.live import CURVES, EpochLog
-from snakeid.models import SnakeNet, load_checkpoint, save_checkpoint
-from snakeid.stage import UserError, run_stage
+from snakeid.models import SnakeNet
+from snakeid.stage import run_stage
 from snakeid.train import (
     FinetuneConfig,
     Setup,
@@ -48,12 +50,12 @@ def main() -> None:
     setup = prepare(params)
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
-    head = head_ckpt["metrics"]
-    log = EpochLog(args.live)
+    head = head_ckpt.metrics
+    log = EpochLog(args.live, "finetune")
     if cfg.enabled:
         model, metrics, held = _finetune(args, model, head_ckpt, head_cfg, cfg, setup, log)
     else:  # the head is the final model: calibrate it on its own holdout logits
-        held = head_ckpt["holdout"]
+        held = head_ckpt.holdout
         metrics = {"enabled": False} | {k: head[k] for k in CURVES}
     calibration = calibrate_on_val(
         held["logits"].numpy(),
@@ -74,8 +76,8 @@ def main() -> None:
         args.model_out,
         model,
         species=setup.species,
-        preprocess=head_ckpt["preprocess"],
-        params=head_ckpt["params"] | setup.provenance(finetune=cfg),
+        preprocess=head_ckpt.preprocess,
+        params=head_ckpt.params | setup.provenance(finetune=cfg),
         stage="finetune",
         metrics=metrics,
         calibration=calibration,
@@ -88,14 +90,14 @@ def main() -> None:
 def _finetune(
     args: argparse.Namespace,
     model: SnakeNet,
-    head_ckpt: dict[str, Any],
+    head_ckpt: Checkpoint,
     head_cfg: TrainHeadConfig,
     cfg: FinetuneConfig,
     setup: Setup,
     log: EpochLog,
 ) -> tuple[SnakeNet, dict[str, Any], dict[str, Any]]:
     """Train the last blocks on the cached features: (model, metrics, val holdout)."""
-    if head_ckpt["params"]["train_head"].get("refit"):
+    if head_ckpt.params["train_head"].get("refit"):
         raise UserError(
             "the head was refitted on train+val (train_head.refit); finetune would choose its "
             "epoch on photos the head trained on: set train_head.refit: false"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from snakeid.config import base_config, load_params, section
+from snakeid.config import section
 from snakeid.evaluate import Evaluation, evaluable, prediction_rows
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.quantize import HEADLINE, QuantizeConfig, check_int8, compare, latencies, quantize
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.stage import run_stage, stage_inputs
+from snakeid.taxa import label_index
 from snakeid.utils import write_csv, write_json
 
 _logger = logging.getLogger("quantize")
@@ -32,10 +32,9 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, base, species = inputs.params, inputs.base, inputs.species
     cfg = section(params, "quantize", QuantizeConfig)
-    species = load_species(base.species_file)
     meta = json.loads(args.meta.read_text())
     size = meta["image_size"]
 
@@ -44,7 +43,7 @@ def main() -> None:
     quantize(args.onnx, args.int8, cfg, eval_batches(calib, species, size, batch_size=1))
 
     test, _ = evaluable(read_manifest(args.split / "test.csv"), train)
-    index = {s.name: i for i, s in enumerate(species)}
+    index = label_index(species)
     y = np.array([index[r["taxon"]] for r in test])
     result, probs = compare(
         args.onnx, args.int8, eval_batches(test, species, size), y, sorted(set(y.tolist())),

@@ -7,27 +7,28 @@ python stages/split.py --clean data/clean --out data/split \
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from snakeid import split
-from snakeid.config import base_config, load_params, section
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.config import section
+from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", required=True, help="verify output (holds manifest.csv)")
-    parser.add_argument("--out", required=True, help="train.csv, val.csv and test.csv go here")
-    parser.add_argument("--metrics", required=True, help="photos per split (DVC metrics)")
-    parser.add_argument("--report", required=True, help="per species and fractions (JSON)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--clean", type=Path, required=True, help="verify output (holds manifest.csv)")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="train.csv, val.csv and test.csv go here"
+    )
+    ap.add_argument("--metrics", type=Path, required=True, help="photos per split (DVC metrics)")
+    ap.add_argument("--report", type=Path, required=True, help="per species and fractions (JSON)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, base, species = inputs.params, inputs.base, inputs.species
     cfg = section(params, "split", split.SplitConfig)
-    species = load_species(base.species_file)
 
     result = split.run(args.clean, args.out, species, cfg, base.seed)
     write_json(args.report, result.metrics)

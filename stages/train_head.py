@@ -13,17 +13,18 @@ from pathlib import Path
 import torch
 
 from snakeid import distributed
+from snakeid.checkpoint import save_checkpoint
 from snakeid.config import load_params, section
 from snakeid.data import eval_preprocess_spec
+from snakeid.errors import UserError
 from snakeid.live import CURVES, EpochLog
 from snakeid.models import (
     ModelConfig,
     backbone_list,
     build_model,
-    save_checkpoint,
     trunk_sizes,
 )
-from snakeid.stage import UserError, run_stage
+from snakeid.stage import run_stage
 from snakeid.train import (
     FinetuneConfig,
     Holdout,
@@ -77,7 +78,7 @@ def main() -> None:
         base=base,
         data=setup.data,
     )
-    log = EpochLog(args.live)
+    log = EpochLog(args.live, "train_head")
     if cfg.method == "probe":
         metrics, holdout = train_probe(model, caches, cfg, balanced=balanced, seed=base.seed)
         log.epoch({"epoch": 1} | metrics)  # one fit: one step

@@ -8,29 +8,28 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from snakeid import verify
-from snakeid.config import base_config, load_params, section
+from snakeid.config import section
 from snakeid.manifest import write_manifest
-from snakeid.stage import run_stage
-from snakeid.taxa import load_species
+from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--raw", required=True, help="download output (holds manifest.csv)")
-    parser.add_argument("--out", required=True, help="clean images and manifest.csv go here")
-    parser.add_argument("--metrics", required=True, help="headline counts (DVC metrics)")
-    parser.add_argument("--report", required=True, help="per species and reason (JSON)")
-    parser.add_argument("--dropped", required=True, help="CSV listing every dropped photo")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--raw", type=Path, required=True, help="download output (holds manifest.csv)")
+    ap.add_argument("--out", type=Path, required=True, help="clean images and manifest.csv go here")
+    ap.add_argument("--metrics", type=Path, required=True, help="headline counts (DVC metrics)")
+    ap.add_argument("--report", type=Path, required=True, help="per species and reason (JSON)")
+    ap.add_argument("--dropped", type=Path, required=True, help="CSV listing every dropped photo")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
 
-    params = load_params(args.params)
-    base = base_config(params)
+    inputs = stage_inputs(args.params)
+    params, species = inputs.params, inputs.species
     cfg = section(params, "verify", verify.VerifyConfig)
-    species = load_species(base.species_file)
 
     result = verify.run(args.raw, args.out, species, cfg)
     write_manifest(args.dropped, result.dropped, verify.DROPPED_COLUMNS)

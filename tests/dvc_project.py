@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from snakeid.config import TRACE_ENV
+from snakeid.config import TRACE_ENV, merge_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running the tests has dvc and python
@@ -36,13 +36,7 @@ SHRUNK = {
 }
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-def merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
-    return out
+OUTPUT_DIRS = ("metrics", "plots", "reports", "dvclive")  # the stages' git-tracked outputs
 
 
 def run(
@@ -62,7 +56,12 @@ def run(
 
 
 def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return set(stages_run(output))
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` log says it ran, in order."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def commit(root: Path, message: str) -> None:
@@ -70,23 +69,29 @@ def commit(root: Path, message: str) -> None:
     run([*GIT, "commit", "-qm", message], root)
 
 
-def make_project(root: Path, shrunk: dict = SHRUNK) -> Path:
-    """A copy of the repository's tracked files, as a fresh git repo with shrunk params."""
+def make_project(
+    root: Path, overrides: dict = SHRUNK, *, repo: Path = REPO, skip: tuple[str, ...] = ()
+) -> Path:
+    """A copy of `repo`'s files (tracked, and untracked but not ignored; none under a `skip`
+    prefix) as a fresh git repo, with `overrides` merged into params.yaml and no outputs of a
+    previous run. The tests and the benchmark build their projects with it."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO,
+        cwd=repo,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     for rel in files:
-        if (REPO / rel).is_file():
+        if (repo / rel).is_file() and not rel.startswith(skip):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
+            shutil.copy2(repo / rel, root / rel)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, shrunk), sort_keys=False))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(merge_params(params, overrides), sort_keys=False)
+    )
     (root / "dvc.lock").unlink(missing_ok=True)
-    for d in ("metrics", "plots", "reports", "dvclive"):  # the committed run's outputs
+    for d in OUTPUT_DIRS:  # the committed run's outputs
         shutil.rmtree(root / d, ignore_errors=True)
     run(["git", "init", "-q"], root)
     commit(root, "init")

@@ -9,11 +9,11 @@ import torch
 
 from snakeid.config import BaseConfig
 from snakeid.data import DataConfig
+from snakeid.errors import UserError
 from snakeid.export import eval_batches, export_onnx, ort_session, parity
 from snakeid.manifest import read_manifest
 from snakeid.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
 from snakeid.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
-from snakeid.stage import UserError
 from snakeid.train import (
     FitSpec,
     LossConfig,

@@ -25,11 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train_head", "finetune")
 
 PARAMS = {
-    "base": {"seed": 3, "image_size": 64, "device": "cpu", "threads": 1},
+    "base": {
+        "seed": 3,
+        "image_size": 64,
+        "device": "cpu",
+        "threads": 1,
+        "backbone": "efficientnet_lite0",
+    },
     "data": {"batch_size": 8, "views": 2},
     # the AdamW stages are what runs data-parallel (the probe fits once, on every rank alike)
     "train_head": {"method": "sgd", "refit": False, "epochs": 2},
-    "finetune": {"enabled": True, "epochs": 2},
+    "finetune": {"enabled": True, "epochs": 2, "unfreeze_blocks": 1},
 }
 
 
@@ -45,7 +51,7 @@ def _rank_main(probe: Path) -> None:
     """One rank: run both stages (arguments in probe/args.json), record, dump probe/rank<r>.json."""
     import torch
 
-    import snakeid.train as train_mod
+    import snakeid.train.loop as train_mod
     from snakeid import distributed
 
     rank = int(os.environ["RANK"])
@@ -77,11 +83,12 @@ def _rank_main(probe: Path) -> None:
     steps: dict[str, list] = {}
     fit_tail = train_mod.fit_tail
 
-    def recording_fit_tail(model, tail, groups, train, *args, **kw):
+    def recording_fit_tail(model, tail, groups, **kw):
         # Every training batch passes through `train.batch`; the weights it sees are those
         # after the previous step, so the digests are the model after each all-reduced step.
         log = steps.setdefault(current[0], [])
         epoch = [0]
+        train = kw["train"]
         read = train.batch
 
         def batch(view, idx):
@@ -96,7 +103,7 @@ def _rank_main(probe: Path) -> None:
                 outer(row)
 
         train.batch = batch
-        result = fit_tail(model, tail, groups, train, *args, on_epoch=on_epoch, **kw)
+        result = fit_tail(model, tail, groups, on_epoch=on_epoch, **kw)
         log.append({"epoch": epoch[0], "idx": [], "digest": _digest(tail)})  # after the last step
         return result
 
@@ -193,7 +200,7 @@ def test_only_rank_0_writes_outputs(ranks):
         "reports/finetune.json",
         "dvclive/train_head/metrics.json",
         "dvclive/finetune/metrics.json",
-        "dvclive/finetune/plots/metrics/val_macro_f1.tsv",
+        "dvclive/finetune/plots/metrics/finetune/val_macro_f1.tsv",
     }
     assert outputs <= rank0
     # rank 1 wrote only its rows of the shared feature memmaps (and of the scratch copies
@@ -208,10 +215,10 @@ def test_only_rank_0_writes_outputs(ranks):
 def test_gathered_val_metrics_equal_a_single_process_evaluation(ranks, stage, tmp_path):
     """The checkpoint loads without DDP; evaluated in one process on every val photo's cached
     features, it gives the metrics the two ranks computed from their gathered logits."""
+    from snakeid.checkpoint import load_checkpoint
     from snakeid.config import base_config, load_params, section
     from snakeid.data import DataConfig
     from snakeid.metrics import macro_f1
-    from snakeid.models import load_checkpoint
     from snakeid.train import FinetuneConfig, load_caches, predict_cached
 
     ws, _ = ranks

@@ -26,7 +26,16 @@ def _module_file(name: str) -> Path | None:
 def _imports(path: Path) -> set[str]:
     """`snakeid...` modules imported anywhere in the file (also `from snakeid import x`)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {  # `if TYPE_CHECKING:` imports never run
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for n in ast.walk(block)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("snakeid")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("snakeid"):

@@ -75,14 +75,15 @@ def test_every_awkward_file_is_accounted_for(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _run(tmp_path, str(STAGES / "download.py"), "--out", "data/raw")
     _run(tmp_path, str(STAGES / "verify.py"), "--raw", "data/raw", "--out", "data/clean",
-         "--metrics", "verify.json", "--dropped", "dropped.csv")  # fmt: skip
+         "--metrics", "verify.json", "--report", "verify_report.json",
+         "--dropped", "dropped.csv")  # fmt: skip
     _run(tmp_path, str(STAGES / "split.py"), "--clean", "data/clean", "--out", "data/split",
-         "--metrics", "split.json")  # fmt: skip
+         "--metrics", "split.json", "--report", "split_report.json")  # fmt: skip
 
     raw = read_manifest(tmp_path / "data/raw/manifest.csv")
     skipped = read_manifest(tmp_path / "data/raw/skipped.csv")
     assert len(raw) == counts["image_named"] and len(skipped) == counts["other"]
-    report = json.loads((tmp_path / "verify.json").read_text())
+    report = json.loads((tmp_path / "verify_report.json").read_text())
     dropped = read_manifest(tmp_path / "dropped.csv")
     kept = read_manifest(tmp_path / "data/clean/manifest.csv")
     assert report["seen"] == len(raw) == report["kept"] + report["dropped"]

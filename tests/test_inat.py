@@ -15,6 +15,7 @@ import pytest
 
 from fake_inat import RANDOM_FAULT_KINDS, FakeInat, Photo, World
 from snakeid.config import ParamsError, from_dict
+from snakeid.errors import UserError
 from snakeid.sources.inat import InatConfig, download_inat, resize_url
 from snakeid.sources.inat_client import (
     Budget,
@@ -25,7 +26,6 @@ from snakeid.sources.inat_client import (
     RateLimiter,
 )
 from snakeid.sources.inat_taxa import TaxonResolutionError
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 

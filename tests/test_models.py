@@ -3,16 +3,10 @@ import urllib.error
 import pytest
 import torch
 
+from snakeid.checkpoint import load_checkpoint, save_checkpoint
 from snakeid.data import eval_preprocess_spec
-from snakeid.models import (
-    LITE,
-    ModelConfig,
-    build_model,
-    load_checkpoint,
-    native_size,
-    save_checkpoint,
-)
-from snakeid.stage import UserError
+from snakeid.errors import UserError
+from snakeid.models import LITE, ModelConfig, build_model, native_size
 from training_data import SPECIES
 
 torch.set_num_threads(2)
@@ -129,7 +123,7 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert ckpt["species"][0]["name"] == SPECIES[0].name and ckpt["params"] == {"x": 1}
+    assert ckpt.species[0]["name"] == SPECIES[0].name and ckpt.params == {"x": 1}
     # weights_only=True loading: the checkpoint holds only tensors and plain values
     torch.load(tmp_path / "m.pt", weights_only=True)
 
@@ -214,8 +208,8 @@ def test_multi_backbone_checkpoint_round_trip(tmp_path):
         model.classifier.weight.normal_()
     _save(model, tmp_path / "m.pt", size=240)
     loaded, ckpt = load_checkpoint(tmp_path / "m.pt", SPECIES)
-    assert ckpt["backbone"] == ["efficientnet_lite0", "efficientnet_lite1"]
-    assert ckpt["trunk_sizes"] == [224, 240] and ckpt["image_size"] == 240
+    assert ckpt.backbone == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert ckpt.trunk_sizes == [224, 240] and ckpt.image_size == 240
     x = torch.randn(1, 3, 240, 240)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from snakeid.calibration import softmax
 from snakeid.cli import main
-from snakeid.predict import ModelMetaError, Predictor, softmax
+from snakeid.predict import ModelMetaError, Predictor
 from tiny_model import NO_TORCH_MAIN, SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
 

@@ -25,20 +25,19 @@ SPECIES = [
 
 def test_epoch_log_writes_one_step_per_epoch_then_the_headline(tmp_path):
     live = tmp_path / "dvclive" / "train_head"
-    log = EpochLog(live)
+    log = EpochLog(live, "train_head")
     for epoch, f1 in ((1, 0.5), (2, 0.7), (3, 0.6)):
         log.epoch({"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 0.9, "val_macro_f1": f1})
         summary = json.loads((live / "metrics.json").read_text())
-        assert summary["step"] == epoch and summary["val_macro_f1"] == f1  # progress, per epoch
+        assert summary["step"] == epoch  # progress, per epoch
+        assert summary["train_head"]["val_macro_f1"] == f1
     log.finish({"train_loss": 0.5, "val_loss": 0.9, "val_macro_f1": 0.7})
     assert json.loads((live / "metrics.json").read_text()) == {
-        "train_loss": 0.5,
-        "val_loss": 0.9,
-        "val_macro_f1": 0.7,
+        "train_head": {"train_loss": 0.5, "val_loss": 0.9, "val_macro_f1": 0.7},
         "step": 3,
     }
     for name in CURVES:
-        with open(live / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
+        with open(live / "plots" / "metrics" / "train_head" / f"{name}.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         assert [r["step"] for r in rows] == ["1", "2", "3"]
         assert set(rows[0]) == {"step", name}  # no timestamp: the files reproduce bit for bit
@@ -46,9 +45,11 @@ def test_epoch_log_writes_one_step_per_epoch_then_the_headline(tmp_path):
 
 
 def test_epoch_log_without_epochs_writes_only_the_headline(tmp_path):
-    log = EpochLog(tmp_path / "live")
+    log = EpochLog(tmp_path / "live", "finetune")
     log.finish({"val_macro_f1": 0.25})
-    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {"val_macro_f1": 0.25}
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {
+        "finetune": {"val_macro_f1": 0.25}
+    }
 
 
 def test_bootstrap_intervals_cover_the_point_estimates():

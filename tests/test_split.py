@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from snakeid.config import ParamsError, section
+from snakeid.errors import UserError
 from snakeid.manifest import CLEAN_COLUMNS, SPLITS
 from snakeid.split import SplitConfig, allocate, assign_splits, observation_key, run
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 
 SPECIES = [Species(f"Genus species{i}", f"Snake {i}", i % 2 == 0) for i in range(6)]

@@ -4,22 +4,21 @@ import torch
 
 from snakeid.config import BaseConfig
 from snakeid.data import DataConfig
+from snakeid.engine import feature_engine, prefix_engine
+from snakeid.errors import UserError
 from snakeid.models import ModelConfig, build_model
-from snakeid.stage import UserError
 from snakeid.train import (
     FitSpec,
     LossConfig,
     cache_features,
     check_imbalance_options,
     class_weights,
-    feature_engine,
     load_caches,
-    prefix_engine,
     train_tail,
 )
 from training_data import SPECIES, make_split
 
-BASE = BaseConfig(image_size=64, device="cpu", seed=3)
+BASE = BaseConfig(image_size=64, device="cpu", seed=3, backbone="efficientnet_lite0")
 DATA = DataConfig(batch_size=8, views=2)
 
 

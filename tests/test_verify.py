@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from snakeid.config import ParamsError, section
+from snakeid.errors import UserError
 from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 from snakeid.verify import VerifyConfig, run, to_rgb, verify_photos
 

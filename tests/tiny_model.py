@@ -1,9 +1,9 @@
 """Test helpers: a tiny exported model in the pipeline's format, demo photos, a live server.
 
-The model is a random conv net exported exactly as the exporter exports (ONNX opset 17, input
-`input`, output `logits`, dynamic batch) with a `model_meta.json` whose preprocessing comes from
-`snakeid.data.eval_preprocess_spec`, so tests exercise the real contract. Torch is fine here;
-it is only the serving path that must not import it.
+The model is a random conv net exported by the library's exporter (`snakeid.export`) with the
+`model_meta.json` that `snakeid.export.model_meta` writes, and quantized by `snakeid.quantize`,
+so tests exercise the real contract: a renamed meta key breaks them. Torch is fine here; it is
+only the serving path that must not import it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from snakeid.checkpoint import Checkpoint
+from snakeid.data import eval_preprocess_spec
+from snakeid.export import ExportConfig, export_onnx, model_meta
+from snakeid.quantize import QuantizeConfig
+from snakeid.quantize import quantize as run_quantize
 
 SPECIES: list[dict[str, Any]] = [
     {"name": "Naja kaouthia", "common": "Monocled Cobra", "venomous": True},
@@ -67,89 +73,55 @@ def build_tiny_model(
     data_source: str | None = None,
     quantize: bool = False,
 ) -> tuple[Path, Any]:
-    """Write `model_fp32.onnx` (and `model_int8.onnx` if asked) + `model_meta.json`.
+    """Write `model_fp32.onnx` (and `model_int8.onnx` if asked) + `model_meta.json` with the
+    library's exporter, `model_meta` and quantizer, as the pipeline's stages do.
 
-    `data_source` ("demo-synthetic", "folder", ...) becomes the meta's `data.source`; None
-    leaves the `data` block out. Returns (path of the model to use, the torch module) so tests
-    can compare outputs.
+    `decision` sets the thresholds (default 0.5 each); `data_source` ("demo-synthetic",
+    "folder", ...) becomes the meta's `data.source`. Returns (path of the model to use, the
+    torch module) so tests can compare outputs.
     """
-    import torch
-
-    from snakeid.data import eval_preprocess_spec
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = tiny_meta(species, image_size, decision=decision, data_source=data_source)
     net = tiny_net(len(species), favour)
     fp32 = out_dir / "model_fp32.onnx"
-    with warnings.catch_warnings():
-        # The legacy exporter is what the pipeline's exporter uses too (dynamo=False).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            torch.randn(2, 3, image_size, image_size),
-            str(fp32),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    meta = {
-        "format": "snakeid-model/1",
-        "species": [dict(s) for s in species],
-        "preprocess": eval_preprocess_spec(image_size),
-        "input_name": "input",
-        "output_name": "logits",
-        # Informational keys the real exporter also writes; serving needs only softmax(output).
-        "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
-        "temperature": 1.0,
-        "tta_flip": False,
-        "backbone": "tiny_test_net",
-        "image_size": image_size,
-        "params_digest": "0" * 64,
-        "created_by": "snakeid tests",
-    }
-    if decision is not None:
-        meta["decision"] = decision
-    if data_source is not None:
-        meta["data"] = {"source": data_source}
+    export_onnx(net, fp32, image_size, opset=17)
     (out_dir / "model_meta.json").write_text(json.dumps(meta, indent=2))
     if not quantize:
         return fp32, net
     int8 = out_dir / "model_int8.onnx"
-    _quantize_static(fp32, int8, image_size)
+    rng = np.random.default_rng(0)
+    calibration = [
+        rng.standard_normal((1, 3, image_size, image_size), np.float32) for _ in range(8)
+    ]
+    run_quantize(fp32, int8, QuantizeConfig(keep_edges_fp32=False), calibration)
     return int8, net
 
 
-def _quantize_static(fp32: Path, int8: Path, image_size: int) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+def tiny_meta(
+    species: Sequence[dict[str, Any]] = SPECIES,
+    image_size: int = IMAGE_SIZE,
+    *,
+    decision: dict[str, float] | None = None,
+    data_source: str | None = None,
+) -> dict[str, Any]:
+    """`snakeid.export.model_meta` of a checkpoint-like record of the tiny net."""
+    decision = {"low_confidence_threshold": 0.5, "venomous_threshold": 0.5} | (decision or {})
+    ckpt = Checkpoint(
+        state_dict={},
+        species=[dict(s) for s in species],
+        backbone=["tiny_test_net"],
+        trunk_sizes=[image_size],
+        image_size=image_size,
+        dropout=0.0,
+        preprocess=eval_preprocess_spec(image_size),
+        params={"tests": True},
+        stage="finetune",
+        metrics={},
+        calibration={"temperature": 1.0, "venomous_threshold": decision["venomous_threshold"]},
+        holdout=None,
     )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(0)
-            self.batches = iter(
-                [
-                    {"input": rng.standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
-                    for _ in range(8)
-                ]
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    quantize_static(
-        str(fp32),
-        str(int8),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    cfg = ExportConfig(low_confidence_threshold=decision["low_confidence_threshold"])
+    data = {} if data_source is None else {"source": data_source}
+    return model_meta(ckpt, cfg, tta_flip=False, data=data, evaluation={})
 
 
 def demo_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:

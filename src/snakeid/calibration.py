@@ -15,6 +15,8 @@ from snakeid.taxa import Species
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / T in float64 (the row max subtracted: large logits stay
+    finite). The one softmax of the library and of `snakeid predict`."""
     z = logits.astype(np.float64) / temperature
     z -= z.max(1, keepdims=True)
     e = np.exp(z)

@@ -57,6 +57,14 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
+def merge_params(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied at any depth (a mapping merges, anything else replaces)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge_params(base.get(k) or {}, v) if isinstance(v, Mapping) else v
+    return out
+
+
 def section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
     """Validate `params[name]` against dataclass `cls` and return the frozen config."""
     raw = params.get(name, {})
@@ -199,7 +207,11 @@ class BaseConfig:
     # Input side; None = the backbone's native size (the largest one when there are several).
     image_size: int | None = dataclasses.field(default=None, metadata=spec(ge=32, le=1024))
     # One backbone, or a list whose pooled features are concatenated (names: snakeid.models).
-    backbone: str | tuple[str, ...] = "efficientnet_lite0"
+    backbone: str | tuple[str, ...] = (
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    )
     device: str = dataclasses.field(
         default="auto", metadata=spec(choices=("auto", "cpu", "cuda", "mps"))
     )

@@ -21,7 +21,7 @@ from torchvision.transforms import v2 as T
 from snakeid.config import spec
 from snakeid.images import open_rgb
 from snakeid.manifest import read_manifest
-from snakeid.taxa import Species
+from snakeid.taxa import Species, label_index
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -114,7 +114,7 @@ class SplitDataset(Dataset):
     """Photos of one split manifest (`data/split/<split>.csv`), labelled by species order."""
 
     def __init__(self, rows: Sequence[dict[str, str]], species: Sequence[Species], transform: Any):
-        index = {s.name: i for i, s in enumerate(species)}
+        index = label_index(species)
         unknown = sorted({r["taxon"] for r in rows} - set(index))
         if unknown:
             raise ValueError(f"manifest has species not in the species file: {', '.join(unknown)}")

@@ -17,9 +17,9 @@ from tqdm import tqdm
 from snakeid.calibration import softmax, venomous_probability, venomous_rule_report
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
+from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
-from snakeid.stage import UserError
-from snakeid.taxa import Species
+from snakeid.taxa import Species, label_index
 
 _logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def evaluate(
     the ECE is also reported for the uncalibrated ones, and the venomous rule (threshold from
     `calibration`) is scored beside the argmax decision.
     """
-    index = {s.name: i for i, s in enumerate(species)}
+    index = label_index(species)
     kept, excluded = evaluable(test_rows, train_rows)
     if excluded:
         _logger.warning(

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,10 +15,13 @@ import torch
 from snakeid import __version__
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
+from snakeid.errors import UserError
 from snakeid.predict import META_FORMAT
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 from snakeid.utils import sha256_json
+
+if TYPE_CHECKING:
+    from snakeid.checkpoint import Checkpoint
 
 _logger = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
 
 
 def model_meta(
-    ckpt: dict[str, Any],
+    ckpt: Checkpoint,
     cfg: ExportConfig,
     *,
     tta_flip: bool,
@@ -139,28 +142,28 @@ def model_meta(
         "format": META_FORMAT,
         "species": [
             {"name": s["name"], "common": s["common"], "venomous": s["venomous"]}
-            for s in ckpt["species"]
+            for s in ckpt.species
         ],
-        "preprocess": ckpt["preprocess"],
+        "preprocess": ckpt.preprocess,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
-        "temperature": ckpt["calibration"]["temperature"],
+        "temperature": ckpt.temperature,
         "tta_flip": tta_flip,
-        "backbone": "+".join(ckpt["backbone"]),
-        "image_size": ckpt["image_size"],
+        "backbone": "+".join(ckpt.backbone),
+        "image_size": ckpt.image_size,
         # One input for every trunk; a trunk whose side differs resizes it inside the graph
         # (bilinear), so `preprocess` is the whole preprocessing an application does.
         "trunks": [
             {"backbone": b, "size": size}
-            for b, size in zip(ckpt["backbone"], ckpt["trunk_sizes"], strict=True)
+            for b, size in zip(ckpt.backbone, ckpt.trunk_sizes, strict=True)
         ],
-        "params_digest": sha256_json(ckpt["params"]),
+        "params_digest": sha256_json(ckpt.params),
         "created_by": f"snakeid {__version__}",
         "decision": {
             "low_confidence_threshold": cfg.low_confidence_threshold,
             # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
-            "venomous_threshold": ckpt["calibration"]["venomous_threshold"],
+            "venomous_threshold": ckpt.venomous_threshold,
         },
         "data": data,
         "evaluation": evaluation,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from snakeid.stage import UserError
+from snakeid.errors import UserError
 
 # The contract every source writes (issue: foundation). Sources fill what they know and leave the
 # rest empty; `split` is set only when the source fixes it (a folder with train/val/test).

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from snakeid.config import spec
-from snakeid.stage import UserError
+from snakeid.errors import UserError
 
 _logger = logging.getLogger(__name__)
 
@@ -398,77 +398,7 @@ def count_parameters(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: a plain dict (tensors + JSON-like values) so `weights_only=True` can load it.
 
-CHECKPOINT_FORMAT = "snakeid-checkpoint/2"  # 2: several backbones, trunk sizes
 
-
-def save_checkpoint(
-    path: str | Path,
-    model: SnakeNet,
-    *,
-    species: list[Any],
-    preprocess: dict[str, Any],
-    params: dict[str, Any],
-    stage: str,
-    metrics: dict[str, Any],
-    calibration: dict[str, Any] | None = None,
-    holdout: dict[str, Any] | None = None,
-) -> None:
-    """Save weights plus everything needed to rebuild and interpret them (provenance).
-
-    `holdout`: logits and labels of photos the weights were not fitted on (`snakeid.train.
-    Holdout`), from which the next stage fits the temperature and the venomous threshold.
-    """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "species": [s.to_dict() for s in species],
-            "backbone": list(model.backbones),
-            "trunk_sizes": [t.size for t in model.trunks],
-            "image_size": preprocess["crop"],  # the input side
-            "dropout": model.dropout.p,
-            "preprocess": preprocess,
-            "params": params,
-            "stage": stage,
-            "metrics": metrics,
-            # temperature and venomous threshold fitted on val (finetune); none for the head
-            "calibration": calibration or {"temperature": 1.0, "venomous_threshold": 0.5},
-            "holdout": holdout,
-        },
-        path,
-    )
-
-
-def deployed(model: SnakeNet, ckpt: dict[str, Any], cfg: ModelConfig) -> DeployedModel:
+def deployed(model: SnakeNet, temperature: float, cfg: ModelConfig) -> DeployedModel:
     """The model as evaluated and exported: with its val-fitted temperature and TTA choice."""
-    return DeployedModel(
-        model, temperature=ckpt["calibration"]["temperature"], tta_flip=cfg.tta_flip
-    ).eval()
-
-
-def load_checkpoint(
-    path: str | Path, species: list[Any] | None = None
-) -> tuple[SnakeNet, dict[str, Any]]:
-    """Rebuild the model from a checkpoint; `species` (if given) must match its class list."""
-    if not Path(path).exists():
-        raise UserError(f"checkpoint {path} not found (run the earlier pipeline stages first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a snakeid checkpoint (format {ckpt.get('format')!r})")
-    if species is not None:
-        want = [s.to_dict() for s in species]
-        if [s["name"] for s in want] != [s["name"] for s in ckpt["species"]]:
-            raise UserError(
-                f"{path} was trained on a different species list "
-                f"({len(ckpt['species'])} species) than the species file ({len(want)}); "
-                "re-run train_head"
-            )
-    model = build_model(
-        ckpt["backbone"],
-        len(ckpt["species"]),
-        ModelConfig(pretrained=False, dropout=ckpt["dropout"]),
-        sizes=ckpt["trunk_sizes"],
-    )
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+    return DeployedModel(model, temperature=temperature, tta_flip=cfg.tta_flip).eval()

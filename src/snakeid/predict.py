@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.calibration import venomous_probability
+from snakeid.calibration import softmax, venomous_probability
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
@@ -184,14 +184,6 @@ class ImageResult:
             "possibly_venomous": self.possibly_venomous,
             "venomous_probability": self.venomous_probability,
         }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64; subtracting the row max keeps large logits finite."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:

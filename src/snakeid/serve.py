@@ -180,10 +180,16 @@ def create_app(
         ),
     )
     app.state.predictor = predictor
-
     app.add_middleware(
         BodyLimit, path="/predict", limit=max_upload_bytes + MULTIPART_OVERHEAD, message=too_large
     )
+    _add_info_routes(app, predictor, page)
+    _add_predict_route(app, predictor, top_k, max_upload_bytes, max_pixels)
+    return app
+
+
+def _add_info_routes(app: FastAPI, predictor: Predictor, page: str) -> None:
+    """`/` (the page), `/health` and `/species`."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -208,19 +214,26 @@ def create_app(
         ]
         return {"count": len(items), "species": items}
 
-    errors = {
-        413: {"model": ErrorOut, "description": "Upload or image too large"},
-        415: {"model": ErrorOut, "description": "Not an image"},
-        422: {"description": "Image could not be decoded, or no file"},
-    }
 
-    # A sync endpoint: FastAPI runs it in its threadpool, so decoding and the ONNX call never
-    # block the event loop. `BodyLimit` has already refused a body much over the limit; this
-    # checks the file part itself exactly.
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorOut, "description": "Upload or image too large"},
+    415: {"model": ErrorOut, "description": "Not an image"},
+    422: {"description": "Image could not be decoded, or no file"},
+}
+
+
+def _add_predict_route(
+    app: FastAPI, predictor: Predictor, top_k: int, max_upload_bytes: int, max_pixels: int
+) -> None:
+    """`POST /predict`. A sync endpoint: FastAPI runs it in its threadpool, so decoding and the
+    ONNX call never block the event loop. `BodyLimit` has already refused a body much over the
+    limit; this checks the file part itself exactly."""
+    too_large = f"upload is larger than the {_megabytes(max_upload_bytes)} limit"
+
     @app.post(
         "/predict",
         response_model=PredictOut,
-        responses=errors,
+        responses=PREDICT_ERRORS,
         form_limits={"max_files": 1, "max_fields": 8},
     )
     def predict(
@@ -247,5 +260,3 @@ def create_app(
             result.predictions[0].probability,
         )
         return {**result.to_dict(), "model": predictor.info()}
-
-    return app

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from snakeid.config import ParamsError, spec
+from snakeid.errors import UserError
 from snakeid.manifest import CLEAN_COLUMNS, SPLITS, read_checked_manifest, write_manifest
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 
 _logger = logging.getLogger(__name__)

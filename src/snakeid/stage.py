@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
 
 import yaml
 
-from snakeid.config import ParamsError
-from snakeid.taxa import SpeciesFileError
+from snakeid.config import BaseConfig, ParamsError, base_config, load_params
+from snakeid.errors import UserError
+from snakeid.taxa import Species, SpeciesFileError, load_species
 from snakeid.utils import setup_logging
 
 USAGE_ERROR_EXIT = 2  # the code argparse uses for a bad command line
-
-
-class UserError(Exception):
-    """Bad input the user can fix; library code raises it with a message that says how."""
-
 
 # Exceptions that mean "your input is wrong". A missing file is nearly always a path in
 # params.yaml or an earlier stage not yet run; the message names it.
@@ -34,6 +32,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     yaml.YAMLError,
 )
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What every stage reads first: its params file, the `base` section, the species."""
+
+    params: dict[str, Any]
+    base: BaseConfig
+    species: list[Species]
+
+
+def stage_inputs(params_path: Path) -> StageInputs:
+    params = load_params(params_path)
+    base = base_config(params)
+    return StageInputs(params, base, load_species(base.species_file))
 
 
 def run_stage(main: Callable[[], object]) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,8 @@ def load_species(path: str | Path) -> list[Species]:
 
 def index_by_name(species: list[Species]) -> dict[str, Species]:
     return {normalise_name(s.name): s for s in species}
+
+
+def label_index(species: Sequence[Species]) -> dict[str, int]:
+    """Scientific name → the model's output index (the species file's order)."""
+    return {s.name: i for i, s in enumerate(species)}

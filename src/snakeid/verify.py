@@ -51,10 +51,10 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from snakeid.config import spec
+from snakeid.errors import UserError
 from snakeid.images import to_rgb
 from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, read_checked_manifest, write_manifest
-from snakeid.stage import UserError
-from snakeid.taxa import Species, species_slug
+from snakeid.taxa import Species, label_index, species_slug
 
 _logger = logging.getLogger(__name__)
 
@@ -78,11 +78,11 @@ _HASH_BITS = 64  # pHash with hash_size=8
 @dataclass(frozen=True)
 class VerifyConfig:
     min_side: int = field(default=64, metadata=spec(ge=1))
-    resize_shorter: int = field(default=256, metadata=spec(ge=32, le=4096))
+    resize_shorter: int = field(default=320, metadata=spec(ge=32, le=4096))
     near_dup_distance: int = field(default=4, metadata=spec(ge=0, le=_HASH_BITS // 2))
     max_pixels: int = field(default=40_000_000, metadata=spec(ge=1))
     jpeg_quality: int = field(default=90, metadata=spec(ge=50, le=100))
-    workers: int = field(default=1, metadata=spec(ge=1, le=64))  # decode processes
+    workers: int = field(default=2, metadata=spec(ge=1, le=64))  # decode processes
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ def verify_photos(
     jobs = [_Job(r["path"], d) for r, d in zip(rows, dst, strict=True)]
     inspected = _inspect_all(jobs, cfg)
 
-    taxon_index = {s.name: i for i, s in enumerate(species)}
+    taxon_index = label_index(species)
     index = _KeptIndex(len(rows), cfg.near_dup_distance)
     kept: list[dict[str, str]] = []
     dropped: list[dict[str, str]] = []

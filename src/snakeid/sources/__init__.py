@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from snakeid.config import ParamsError, spec
+from snakeid.errors import UserError
 from snakeid.manifest import write_manifest
 from snakeid.sources.demo import DemoConfig, generate_demo
 from snakeid.sources.folder import Skipped, import_folder, scan_folder
 from snakeid.sources.inat import STATE_DIR, InatConfig, download_inat
-from snakeid.stage import UserError
 from snakeid.taxa import Species
 
 _logger = logging.getLogger(__name__)

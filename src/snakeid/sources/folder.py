@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from snakeid.errors import UserError
 from snakeid.manifest import SPLITS
 from snakeid.sources.common import image_dims, species_dir, species_slug
-from snakeid.stage import UserError
 from snakeid.taxa import Species, index_by_name, normalise_name
 from snakeid.utils import sha256_file
 

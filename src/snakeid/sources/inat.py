@@ -20,7 +20,6 @@ ends with the same manifest as an uninterrupted one. HTTP, rate limit, retries a
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from snakeid.config import ParamsError, spec
 from snakeid.sources.common import image_dims, species_dir, species_slug
+from snakeid.sources.inat_attribution import LICENSE_CODES, write_attribution
 from snakeid.sources.inat_client import BadContent, InatSession, PhotoGone
 from snakeid.sources.inat_state import SpeciesState
 from snakeid.sources.inat_taxa import ResolvedTaxon, resolve_taxa
@@ -44,15 +44,6 @@ from snakeid.utils import sha256_file, write_json
 
 _logger = logging.getLogger(__name__)
 
-LICENSE_CODES: tuple[str, ...] = (
-    "cc0",
-    "cc-by",
-    "cc-by-nc",
-    "cc-by-sa",
-    "cc-by-nd",
-    "cc-by-nc-sa",
-    "cc-by-nc-nd",
-)
 PHOTO_SIZES: tuple[str, ...] = ("square", "small", "medium", "large", "original")
 PER_PAGE = 200  # the API's maximum
 STATE_DIR = ".inat_state"
@@ -60,21 +51,6 @@ _KEY = "download.inat"
 _STATE_VERSION = 1
 _SIZE_WORD = re.compile(r"/(square|thumb|small|medium|large|original)(\.[A-Za-z0-9]+)$")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_LICENSE_URLS = {
-    "cc0": "https://creativecommons.org/publicdomain/zero/1.0/",
-    **{code: f"https://creativecommons.org/licenses/{code[3:]}/4.0/" for code in LICENSE_CODES[1:]},
-}
-ATTRIBUTION_COLUMNS: tuple[str, ...] = (
-    "photo_id",
-    "observation_id",
-    "taxon",
-    "license",
-    "license_url",
-    "attribution",
-    "user_login",
-    "observation_url",
-    "photo_url",
-)
 
 
 @dataclass(frozen=True)
@@ -172,7 +148,7 @@ def download_inat(
         if own:
             http.close()
     _prune_other_species(out_dir / "images", species)
-    write_attribution(out_dir / "ATTRIBUTION.csv", rows)
+    write_attribution(out_dir / "ATTRIBUTION.csv", rows, tmp_dir=out_dir / STATE_DIR)
     return rows
 
 
@@ -482,29 +458,3 @@ def _manifest_row(sp: Species, pick: _Pick, rec: dict[str, Any]) -> dict[str, An
         "longitude": "" if obs["longitude"] is None else obs["longitude"],
         "place_ids": ";".join(map(str, obs["place_ids"])),
     }
-
-
-def write_attribution(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One line per photo with what a CC BY credit needs: author, licence, link to the source."""
-    # The temporary file sits in the state folder: a kill must not strand a stray file next to
-    # the outputs (the dispatcher refuses to clear a folder holding files it does not know).
-    tmp = path.parent / STATE_DIR / (path.name + ".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(ATTRIBUTION_COLUMNS))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {
-                    "photo_id": r["photo_id"],
-                    "observation_id": r["observation_id"],
-                    "taxon": r["taxon"],
-                    "license": r["license"],
-                    "license_url": _LICENSE_URLS.get(r["license"], ""),
-                    "attribution": r["attribution"],
-                    "user_login": r["user_login"],
-                    "observation_url": f"https://www.inaturalist.org/observations/{r['observation_id']}",
-                    "photo_url": f"https://www.inaturalist.org/photos/{r['photo_id']}",
-                }
-            )
-    os.replace(tmp, path)

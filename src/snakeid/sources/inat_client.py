@@ -30,7 +30,7 @@ import requests
 import urllib3
 
 from snakeid import __version__
-from snakeid.stage import UserError
+from snakeid.errors import UserError
 
 if TYPE_CHECKING:
     from snakeid.sources.inat import InatConfig

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from snakeid.errors import UserError
 from snakeid.sources.inat_client import InatSession
-from snakeid.stage import UserError
 from snakeid.taxa import Species, normalise_name
 
 _logger = logging.getLogger(__name__)

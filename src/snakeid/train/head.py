@@ -1,0 +1,103 @@
+"""The linear-probe head (`train_head.method: probe`) and the holdout logits for calibration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from snakeid.metrics import balanced_accuracy, macro_f1
+from snakeid.models import SnakeNet
+from snakeid.probe import fit_probe, out_of_fold_logits, stack_views
+from snakeid.train.config import TrainHeadConfig
+from snakeid.train.features import Caches, scratch_near
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Holdout:
+    """Logits of photos the model did not train on, for calibration: the val photos, or with a
+    refit, every train+val photo predicted by a probe fitted without its observation's fold."""
+
+    logits: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+    source: str  # "val" | "out-of-fold train+val"
+
+
+def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item())
+
+
+def train_probe(
+    model: SnakeNet, caches: Caches, cfg: TrainHeadConfig, *, balanced: bool, seed: int
+) -> tuple[dict[str, Any], Holdout]:
+    """Fit the head as a linear probe on the pooled features (all cached views); load it into
+    `model.classifier`. Returns its metrics and the holdout logits for calibration.
+
+    A cache taken before the last blocks (for finetune) is pooled through them first."""
+    middle = model.frozen_between(caches.cut, 0)
+    with scratch_near(caches.root) as tmp:
+        pooled = [c if middle is None else c.mapped(middle, tmp, c.path.stem, "cpu")
+                  for c in (caches.train, caches.val)]  # fmt: skip
+        train, val = (np.array(c.array) for c in pooled)  # (V, N, D), in memory
+    return _fit_probe_head(model, caches, cfg, train, val, balanced=balanced, seed=seed)
+
+
+def _fit_probe_head(
+    model: SnakeNet,
+    caches: Caches,
+    cfg: TrainHeadConfig,
+    train: np.ndarray,
+    val: np.ndarray,
+    *,
+    balanced: bool,
+    seed: int,
+) -> tuple[dict[str, Any], Holdout]:
+    n_classes = model.classifier.out_features
+    yt, yv = caches.train_labels, caches.val_labels
+    labels = np.unique(yv)
+    common = dict(c=cfg.probe_c, balanced=balanced)
+    if cfg.refit:
+        every = np.concatenate([train, val], axis=1)
+        y = np.concatenate([yt, yv])
+        oof = out_of_fold_logits(
+            every, y, caches.train_groups + caches.val_groups, n_classes,
+            k=cfg.refit_folds, seed=seed, **common,
+        )  # fmt: skip
+        holdout = Holdout(oof, y, "out-of-fold train+val")
+        val_logits = oof[len(yt) :]
+        probe = fit_probe(stack_views(every), np.tile(y, len(every)), n_classes, **common)
+    else:
+        probe = fit_probe(stack_views(train), np.tile(yt, len(train)), n_classes, **common)
+        val_logits = probe.logits(val[0])
+        holdout = Holdout(val_logits, yv, "val")
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(probe.weight))
+        model.classifier.bias.copy_(torch.from_numpy(probe.bias))
+    pred = val_logits.argmax(1)
+    metrics = {
+        "method": "probe",
+        "refit": cfg.refit,
+        "val_macro_f1": macro_f1(yv, pred, labels),
+        "val_accuracy": float((pred == yv).mean()),
+        "val_balanced_accuracy": balanced_accuracy(yv, pred, labels),
+        "val_loss": _log_loss(val_logits, yv),
+        "train_loss": _log_loss(probe.logits(train[0]), yt),
+        "n_train": len(yt) + (len(yv) if cfg.refit else 0),
+        "n_val": len(yv),
+        "views": len(train),
+    }
+    if cfg.refit:
+        all_pred = holdout.logits.argmax(1)
+        metrics["oof_macro_f1"] = macro_f1(holdout.labels, all_pred, np.unique(holdout.labels))
+    _logger.info(
+        "train_head: probe (C=%g%s), val macro-F1 %.4f%s",
+        cfg.probe_c, ", refit on train+val" if cfg.refit else "", metrics["val_macro_f1"],
+        " (out of fold)" if cfg.refit else "",
+    )  # fmt: skip
+    return metrics, holdout

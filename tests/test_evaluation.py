@@ -1,0 +1,161 @@
+"""The evaluation half on small cases, fast: calibration, metrics, evaluate, export, quantize."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from snakeid.calibration import (
+    calibrate_on_val,
+    fit_temperature,
+    fit_venomous_threshold,
+    nll,
+    softmax,
+    venomous_probability,
+)
+from snakeid.errors import UserError
+from snakeid.evaluate import EvaluateConfig, evaluate
+from snakeid.export import ExportConfig, check_parity, export_onnx, ort_session, parity
+from snakeid.metrics import classification_report, expected_calibration_error, macro_f1
+from snakeid.predict import ModelMeta
+from snakeid.quantize import QuantizeConfig, check_int8, compare
+from snakeid.taxa import Species
+from tiny_model import IMAGE_SIZE, SPECIES, build_tiny_model, tiny_meta, tiny_net
+
+TAXA = [Species(s["name"], s["common"], s["venomous"]) for s in SPECIES]
+RNG = np.random.default_rng(0)
+
+
+def _noisy_predictions(n: int = 300, classes: int = 4, right: float = 0.7):
+    y = RNG.integers(0, classes, n)
+    pred = np.where(RNG.random(n) < right, y, RNG.integers(0, classes, n))
+    logits = RNG.normal(0, 1, (n, classes))
+    logits[np.arange(n), pred] += 6.0  # overconfident: right ~70 % of the time, ~99 % sure
+    return y, pred, logits
+
+
+def test_temperature_softens_overconfident_logits_and_lowers_nll():
+    y, _, logits = _noisy_predictions()
+    t = fit_temperature(logits, y)
+    assert t > 1.5
+    assert nll(logits, y, t) < nll(logits, y, 1.0)
+    assert expected_calibration_error(y, softmax(logits, t)) < expected_calibration_error(
+        y, softmax(logits)
+    )
+
+
+def test_venomous_threshold_misses_at_most_the_target():
+    p = RNG.random(200)
+    is_v = RNG.random(200) < 0.5
+    for target in (0.0, 0.02, 0.1):
+        t = fit_venomous_threshold(p, is_v, target)
+        assert ((p < t) & is_v).sum() / is_v.sum() <= target
+        assert t <= 0.5
+
+
+def test_calibrate_on_val_reports_before_and_after():
+    y, _, logits = _noisy_predictions(classes=len(TAXA))
+    cal = calibrate_on_val(logits, y, TAXA, temperature_scaling=True, miss_target=0.02)
+    assert cal["val_nll_after"] < cal["val_nll_before"]
+    pv = venomous_probability(softmax(logits, cal["temperature"]), [s.venomous for s in TAXA])
+    is_v = np.array([s.venomous for s in TAXA])[y]
+    assert ((pv < cal["venomous_threshold"]) & is_v).sum() / is_v.sum() <= 0.02
+
+
+def test_classification_report_matches_scikit_learn():
+    y, pred, logits = _noisy_predictions(classes=len(TAXA))
+    labels = list(range(len(TAXA)))
+    r = classification_report(y, softmax(logits), TAXA, labels, ece_bins=10)
+    assert r["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert r["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert macro_f1(y, pred, labels) == pytest.approx(f1_score(y, pred, average="macro"))
+    f1 = f1_score(y, pred, average=None)
+    for i, s in enumerate(TAXA):
+        assert r["per_species"][s.name]["f1"] == pytest.approx(f1[i])
+    true_v = np.array([s.venomous for s in TAXA])[y]
+    pred_v = np.array([s.venomous for s in TAXA])[pred]
+    assert r["venomous_to_harmless_rate"] == pytest.approx((true_v & ~pred_v).sum() / true_v.sum())
+
+
+def test_ece_of_a_perfectly_calibrated_bin_is_zero():
+    probs = np.array([[0.75, 0.25]] * 4)
+    assert expected_calibration_error(np.array([0, 0, 0, 1]), probs, 10) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([1, 1, 1, 1]), probs, 10) == pytest.approx(0.75)
+
+
+def test_evaluate_scores_a_model_and_excludes_untrained_species():
+    rows = [{"taxon": s.name, "path": f"{i}.jpg"} for i, s in enumerate(TAXA * 5)]
+    train = [r for r in rows if r["taxon"] != TAXA[3].name]  # the last species never trained
+    truth = {s.name: i for i, s in enumerate(TAXA)}
+
+    def predict(batch):  # right on every photo but those of species 1, called species 0
+        out = np.full((len(batch), len(TAXA)), -4.0)
+        for k, r in enumerate(batch):
+            c = truth[r["taxon"]]
+            out[k, 0 if c == 1 else c] = 4.0
+        return out
+
+    calibration = {"temperature": 1.0, "venomous_threshold": 0.5}
+    ev = evaluate(predict, rows, train, TAXA, EvaluateConfig(bootstrap=100), seed=0,
+                  calibration=calibration)  # fmt: skip
+    m = ev.metrics
+    assert m["n_test"] == 15 and m["n_excluded_untrained_species"] == 5
+    assert m["accuracy"] == pytest.approx(10 / 15)
+    assert m["per_species"][TAXA[1].name]["recall"] == 0.0
+    # species 1 (harmless) called species 0 (venomous): harmless → venomous, never the reverse
+    assert m["venomous_to_harmless_rate"] == 0.0 and m["harmless_to_venomous_rate"] == 1.0
+    assert m["macro_f1_ci95"]["low"] <= m["macro_f1"] <= m["macro_f1_ci95"]["high"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    net = tiny_net(len(SPECIES), favour=None, seed=3)
+    export_onnx(net, out / "m.onnx", IMAGE_SIZE, opset=17)
+    batches = [RNG.standard_normal((4, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32) for _ in range(3)]
+    return net, out / "m.onnx", batches
+
+
+def test_export_matches_pytorch(exported):
+    net, path, batches = exported
+    result = parity(net, ort_session(path), batches)
+    assert result["parity_images"] == 12 and result["top1_agreement"] == 1.0
+    assert result["max_abs_logit_diff"] < 1e-4
+    check_parity(result, ExportConfig())
+    with pytest.raises(UserError, match="does not match PyTorch"):
+        check_parity(result | {"top1_agreement": 0.9}, ExportConfig())
+
+
+def test_model_meta_is_what_serving_reads():
+    meta = tiny_meta(decision={"venomous_threshold": 0.3}, data_source="demo-synthetic")
+    read = ModelMeta.from_dict(json.loads(json.dumps(meta)))
+    assert [s.name for s in read.species] == [s["name"] for s in SPECIES]
+    assert read.preprocess.crop == read.image_size == IMAGE_SIZE
+    assert (read.input_name, read.output_name) == ("input", "logits")
+    assert read.venomous_threshold == 0.3 and read.low_confidence_threshold == 0.5
+    assert read.synthetic and read.backbone == "tiny_test_net"
+    assert len(read.params_digest) == 64
+    assert set(meta) >= {"temperature", "trunks", "data", "evaluation", "decision"}
+
+
+def test_quantize_agreement_and_refusal(tmp_path):
+    int8, _ = build_tiny_model(tmp_path, favour=None, quantize=True)
+    fp32 = tmp_path / "model_fp32.onnx"
+    batches = [RNG.standard_normal((8, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32) for _ in range(2)]
+    with torch.inference_mode():
+        y = np.concatenate([tiny_net(len(SPECIES), None)(torch.from_numpy(x)).argmax(1).numpy()
+                            for x in batches])  # fmt: skip
+    result, probs = compare(fp32, int8, batches, y, sorted(set(y.tolist())), threads=1)
+    assert probs.shape == (16, len(SPECIES))
+    assert result["fp32"]["accuracy"] == 1.0  # y is the FP32 model's own prediction
+    assert result["top1_agreement"] == pytest.approx(result["int8"]["accuracy"])
+    assert result["size_ratio"] == int8.stat().st_size / fp32.stat().st_size  # (QDQ nodes outweigh
+    # a tiny net's weights: no size claim here)
+    check_int8(result | {"top1_agreement": 1.0, "accuracy_delta": 0.0}, QuantizeConfig())
+    with pytest.raises(UserError, match="not good enough"):
+        check_int8(result | {"top1_agreement": 0.5}, QuantizeConfig(min_agreement=0.95))

@@ -1,0 +1,68 @@
+"""params.yaml and the config dataclasses say the same thing: each hyperparameter has one value.
+
+The dataclass defaults exist so library code and tests can build configs without a params file;
+this test makes them equal to params.yaml, key by key, so deleting a key from params.yaml changes
+nothing and no default drifts from the pipeline's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from snakeid.config import BaseConfig, load_params, section, to_dict
+from snakeid.data import DataConfig
+from snakeid.evaluate import EvaluateConfig
+from snakeid.export import ExportConfig
+from snakeid.models import ModelConfig
+from snakeid.quantize import QuantizeConfig
+from snakeid.sources import DownloadConfig
+from snakeid.split import SplitConfig
+from snakeid.train import FinetuneConfig, LossConfig, TrainHeadConfig
+from snakeid.verify import VerifyConfig
+
+PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+SECTIONS = {
+    "base": BaseConfig,
+    "download": DownloadConfig,
+    "verify": VerifyConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "train_head": TrainHeadConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+    "export_onnx": ExportConfig,
+    "quantize": QuantizeConfig,
+}
+
+
+def test_every_params_section_has_its_config():
+    assert set(PARAMS) == set(SECTIONS) | {"distributed"}  # distributed: read by dvc.yaml
+
+
+@pytest.mark.parametrize("name", SECTIONS)
+def test_params_yaml_holds_every_default(name):
+    cls = SECTIONS[name]
+    in_file = to_dict(section(PARAMS, name, cls))
+    defaults = to_dict(cls())
+    drift = {k: (defaults[k], in_file[k]) for k in defaults if defaults[k] != in_file[k]}
+    assert not drift, f"{name}: dataclass default vs params.yaml: {drift}"
+    written = _keys(PARAMS[name])
+    missing = sorted(k for k in _keys(defaults) if k not in written)
+    assert not missing, f"{name}: keys params.yaml does not write: {missing}"
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in (tree or {}).items():
+        out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
+def test_configs_are_frozen_dataclasses():
+    for cls in SECTIONS.values():
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
