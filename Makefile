@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Stage commands call `python` and `dvc`: run them from the project's virtualenv.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: help install install-test repro test lint format bench
+.PHONY: help install install-test repro test lint format bench exps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,3 +38,9 @@ format: install-test ## apply ruff fixes and formatting
 
 bench: install ## speed benchmark -> bench/results.json and bench/results.md (~20 min on 2 idle cores)
 	$(RUN) python bench/speed.py --out bench/results.json
+
+# The experiments table: test macro-F1, venomous → harmless and the final model's val macro-F1
+# per experiment (name your experiments: `-n`); `dvc exp diff` shows their params.
+EXPS_COLUMNS := Experiment|macro_f1$$|venomous_to_harmless_rate$$|finetune\.val_macro_f1$$
+exps: install ## experiments at a glance: test macro-F1, venomous → harmless, val macro-F1
+	@$(RUN) dvc exp show --md --drop '.*' --keep '$(EXPS_COLUMNS)'
