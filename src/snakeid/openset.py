@@ -1,0 +1,316 @@
+"""Open-set scores: how unlikely a photo is to show one of the known species (higher = less likely).
+
+Every score reads a photo's pooled backbone features `f` (N, D) and/or the probe's logits (N, C)
+and returns (N,) float64. Candidates (bench/openset.md measures them on real photos):
+
+1. `MaxSoftmax`: 1 − max softmax(logits) (Hendrycks & Gimpel, 2017). No constants.
+2. `Energy`: −T · logsumexp(logits / T) (Liu et al., 2020). No constants.
+3. `Mahalanobis`: min over classes c of (f − μ_c)ᵀ Σ⁻¹ (f − μ_c), one covariance Σ shared by all
+   classes (Lee et al., 2018), shrunk towards a multiple of the identity by Ledoit-Wolf: with
+   ~1,000 photos and 3,840 dimensions the sample covariance is singular.
+4. `Mahalanobis` with `background`: the relative Mahalanobis distance (Ren et al., 2021): the same
+   minus the distance to one Gaussian fitted to all training photos, which discounts directions
+   in which every snake photo varies (pose, light) rather than the species.
+5. `NearestNeighbour`: 1 − cosine similarity to the k-th nearest training photo, on L2-normalised
+   features (Sun et al., 2022).
+6. `NearestNeighbour` with the class means as the bank (k = 1): the cosine distance to the
+   nearest class centroid, a 14-row bank instead of one row per training photo.
+7. `Combined`: a sum of standardised scores (e.g. MSP + k-NN), optionally centred per top-1
+   class. Logit scores see what the probe learnt to tell species apart; feature distances see
+   what it ignores. On real photos neither dominates: their errors differ from species to species.
+
+Fitted scores are frozen dataclasses of numpy arrays (plus static switches) because an export
+will embed those arrays as constants of the ONNX graph: each score is a few matrix products, and
+`size_mb` says how large its constants are. The covariance is stored as "diagonal plus low
+rank" (`Precision`), never as a D x D matrix: the sample covariance of N photos has rank < N, so
+the shrunk Σ⁻¹ is exactly a scaled identity plus N - C rank-one terms.
+
+The threshold is the score under which `pass_rate` of known (validation) photos fall: a photo
+is flagged "unknown species" when its score is above it.
+
+Measured on held-out Philippine species (bench/openset.md), the unknowns are near look-alikes
+(a third Naja, a sister Tropidolaemus): MSP + 1-NN centred per top-1 class ranks best; the
+Mahalanobis variants rank below MSP, their distances being dominated by photo conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Protocol
+
+import numpy as np
+
+_logger = logging.getLogger(__name__)
+
+
+class OpenSetScore(Protocol):
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray: ...
+
+
+def size_mb(score: object) -> float:
+    """Megabytes of a fitted score's arrays stored as float32 (what the ONNX graph embeds)."""
+    total = 0.0
+    for f in fields(score):  # type: ignore[arg-type]
+        value = getattr(score, f.name)
+        for v in value if isinstance(value, tuple) else (value,):  # `Combined.parts`
+            if isinstance(v, np.ndarray):
+                total += v.size * 4 / 1e6
+            elif is_dataclass(v):  # a `Precision`, a part
+                total += size_mb(v)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit-based scores
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
+
+
+@dataclass(frozen=True)
+class MaxSoftmax:
+    """1 − the largest softmax probability."""
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        z = logits.astype(np.float64)
+        return 1.0 - np.exp(z.max(1) - _logsumexp(z))  # max p = exp(max z − logsumexp z)
+
+
+@dataclass(frozen=True)
+class Energy:
+    """The free energy −T · logsumexp(logits / T): low when some class has a large logit."""
+
+    temperature: float = 1.0
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return -self.temperature * _logsumexp(logits.astype(np.float64) / self.temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature-based scores
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Σ⁻¹ = diag(diag) + basis · diag(gain) · basisᵀ: D + D·r numbers instead of D²."""
+
+    diag: np.ndarray  # (D,)
+    basis: np.ndarray  # (D, r) orthonormal columns: the kept eigenvectors of Σ
+    gain: np.ndarray  # (r,) 1/eigenvalue − the diagonal's value along that eigenvector
+
+    def sq_distances(self, x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        """(N, M) squared Mahalanobis distances of rows `x` (N, D) to `centres` (M, D).
+
+        Written as an ONNX graph would compute it: expanded squares, matrix products only.
+        """
+        x, centres = x.astype(np.float64), centres.astype(np.float64)
+        d = self.diag.astype(np.float64)
+        iso = (x * x) @ d[:, None] - 2 * (x * d) @ centres.T + (centres * centres) @ d  # (N, M)
+        px, pc = x @ self.basis, centres @ self.basis  # (N, r), (M, r)
+        g = self.gain.astype(np.float64)
+        low = (px * px) @ g[:, None] - 2 * (px * g) @ pc.T + (pc * pc) @ g  # (N, M)
+        return iso + low
+
+
+def ledoit_wolf_shrinkage(z: np.ndarray, eigenvalues: np.ndarray) -> float:
+    """Ledoit-Wolf (2004) shrinkage of the covariance of centred rows `z` (N, D) towards
+    trace/D · I, as scikit-learn's `ledoit_wolf(z, assume_centered=True)`, from the sample
+    covariance's non-zero `eigenvalues` (so that the D x D matrix is never formed)."""
+    n, dim = z.shape
+    mu = eigenvalues.sum() / dim
+    frob = (eigenvalues**2).sum()  # ‖S‖²_F
+    row4 = ((z * z).sum(1) ** 2).sum()  # Σ_i ‖z_i‖⁴
+    beta = (row4 / n - frob) / (dim * n)
+    delta = (frob - dim * mu**2) / dim
+    return 0.0 if delta <= 0 else float(min(beta, delta) / delta)
+
+
+def _covariance_eigen(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero eigenvalues (r,), largest first, and eigenvectors (D, r) of S = zᵀz / N.
+
+    With fewer rows than dimensions, from the N x N Gram matrix z zᵀ (same non-zero spectrum;
+    eigenvectors zᵀu / sqrt(N·λ)): a fraction of the cost of an SVD, and no D x D matrix.
+    """
+    n, dim = z.shape
+    small = z @ z.T if n < dim else z.T @ z
+    eig, u = np.linalg.eigh(small / n)
+    eig, u = eig[::-1], u[:, ::-1]
+    keep = eig > eig[0] * 1e-10  # centring removes one direction per mean
+    eig, u = eig[keep], u[:, keep]
+    vecs = z.T @ u / np.sqrt(n * eig) if n < dim else u
+    return eig, vecs
+
+
+def fit_precision(
+    z: np.ndarray, *, shrinkage: float | None = None, rank: int | None = None
+) -> Precision:
+    """Shrunk inverse covariance of centred rows `z` (N, D).
+
+    Σ = (1 − s) · S + s · trace(S)/D · I with s from Ledoit-Wolf unless `shrinkage` is given.
+    `rank` keeps only the leading eigenvectors; the others share one variance, the mean of
+    theirs (as probabilistic PCA), so the constants shrink to D x rank.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n, dim = z.shape
+    eig, vecs = _covariance_eigen(z)
+    s = ledoit_wolf_shrinkage(z, eig) if shrinkage is None else shrinkage
+    floor = s * eig.sum() / dim  # the shrinkage target's variance
+    keep = len(eig) if rank is None else min(rank, len(eig))
+    var = (1 - s) * eig[:keep] + floor  # (r,)
+    # The discarded directions share their mean variance (those with none at all get `floor`);
+    # with no direction left, the diagonal cancels out along the full basis.
+    rest = dim - keep
+    rest_var = ((1 - s) * eig.sum() + dim * floor - var.sum()) / rest if rest else 1.0
+    if rest_var <= 0 or var.min() <= 0:
+        raise ValueError("singular covariance: use a shrinkage > 0 (or None for Ledoit-Wolf)")
+    _logger.debug("shrinkage %.3f, rank %d of %d", s, keep, len(eig))
+    return Precision(
+        diag=np.full(dim, 1 / rest_var),
+        basis=vecs[:, :keep],
+        gain=1 / var - 1 / rest_var,
+    )
+
+
+@dataclass(frozen=True)
+class Mahalanobis:
+    """Squared Mahalanobis distance to the nearest class mean under one shared covariance;
+    minus the distance to the `background` Gaussian (relative Mahalanobis) when one is fitted."""
+
+    means: np.ndarray  # (C, D)
+    precision: Precision
+    background_mean: np.ndarray | None = None  # (1, D)
+    background: Precision | None = None
+    l2: bool = False  # L2-normalise features first
+
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        relative: bool = False,
+        l2: bool = False,
+        shrinkage: float | None = None,
+        rank: int | None = None,
+    ) -> Mahalanobis:
+        x = l2_normalise(features) if l2 else np.asarray(features, dtype=np.float64)
+        classes, y = np.unique(labels, return_inverse=True)
+        means = np.stack([x[y == i].mean(0) for i in range(len(classes))])  # (C, D)
+        tied = fit_precision(x - means[y], shrinkage=shrinkage, rank=rank)
+        if not relative:
+            return cls(means, tied, l2=l2)
+        mean = x.mean(0, keepdims=True)
+        bg = fit_precision(x - mean, shrinkage=shrinkage, rank=rank)
+        return cls(means, tied, mean, bg, l2=l2)
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        x = l2_normalise(features) if self.l2 else features
+        d = self.precision.sq_distances(x, self.means).min(1)
+        if self.background is not None:
+            d = d - self.background.sq_distances(x, self.background_mean)[:, 0]
+        return d
+
+
+@dataclass(frozen=True)
+class NearestNeighbour:
+    """1 − cosine similarity to the k-th most similar row of `bank` (L2-normalised)."""
+
+    bank: np.ndarray  # (M, D) float32, unit rows
+    k: int = 1
+
+    @classmethod
+    def fit(cls, features: np.ndarray, *, k: int = 1) -> NearestNeighbour:
+        return cls(l2_normalise(features).astype(np.float32), k)
+
+    @classmethod
+    def fit_centroids(cls, features: np.ndarray, labels: np.ndarray) -> NearestNeighbour:
+        """The class means of the normalised features as the bank (nearest-centroid cosine)."""
+        x = l2_normalise(features)
+        return cls.fit(np.stack([x[labels == c].mean(0) for c in np.unique(labels)]), k=1)
+
+    def score(self, features: np.ndarray, logits: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        x = l2_normalise(features).astype(np.float32)
+        k = min(self.k, len(self.bank))
+        out = np.empty(len(x))
+        for i in range(0, len(x), chunk):  # (chunk, M) similarities at a time
+            sim = x[i : i + chunk] @ self.bank.T
+            out[i : i + chunk] = 1.0 - np.partition(sim, -k, axis=1)[:, -k]
+        return out
+
+
+@dataclass(frozen=True)
+class Combined:
+    """Sum of standardised scores: each part minus its mean on known photos, over its sd.
+
+    With `per_class` fits, the mean is taken over the known photos with the same top-1 class: a
+    species whose photos are always far from the others (or always predicted with low
+    confidence) then does not look unknown for that alone. Fitted on validation (out-of-fold)
+    values of the parts, as the threshold; the constants add (P, C) + P numbers to the parts'.
+    """
+
+    parts: tuple[OpenSetScore, ...]
+    offset: np.ndarray  # (P, C) mean value of part p on known photos predicted as class c
+    scale: np.ndarray  # (P,) sd of part p's centred values on known photos
+
+    @classmethod
+    def fit(
+        cls,
+        parts: tuple[OpenSetScore, ...],
+        values: np.ndarray,
+        logits: np.ndarray,
+        *,
+        per_class: bool = False,
+        min_photos: int = 5,
+    ) -> Combined:
+        """`values` (P, N): each part's scores of N known validation photos, `logits` (N, C)
+        theirs; a class predicted for fewer than `min_photos` of them gets the overall mean."""
+        values = np.asarray(values, dtype=np.float64)
+        top = logits.argmax(1)
+        offset = np.repeat(values.mean(1, keepdims=True), logits.shape[1], axis=1)  # (P, C)
+        if per_class:
+            for c in range(logits.shape[1]):
+                if (top == c).sum() >= min_photos:
+                    offset[:, c] = values[:, top == c].mean(1)
+        scale = (values - offset[:, top]).std(1) + 1e-12
+        return cls(tuple(parts), offset, scale)
+
+    def combine(self, values: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """The combined score from the parts' `values` (P, N) and the logits (N, C)."""
+        top = logits.argmax(1)
+        return ((values - self.offset[:, top]) / self.scale[:, None]).sum(0)
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return self.combine(np.stack([p.score(features, logits) for p in self.parts]), logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold and evaluation
+
+
+def fit_threshold(known_scores: np.ndarray, pass_rate: float = 0.95) -> float:
+    """Smallest threshold t with at least `pass_rate` of `known_scores` ≤ t ("unknown" is > t)."""
+    s = np.sort(np.asarray(known_scores, dtype=np.float64))
+    if not 0.0 < pass_rate <= 1.0 or len(s) == 0:
+        raise ValueError(f"need known scores and 0 < pass_rate ≤ 1, got {len(s)}, {pass_rate}")
+    return float(s[int(np.ceil(pass_rate * len(s) - 1e-9)) - 1])
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of an unknown photo > score of a known one), ties counted half (Mann-Whitney U)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    both = np.concatenate([known, unknown])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    # average rank (1-based) of each distinct value: ties share the mean of their ranks
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
+    n_k, n_u = len(known), len(unknown)
+    u = ranks[n_k:].sum() - n_u * (n_u + 1) / 2.0
+    return float(u / (n_k * n_u))

@@ -1,0 +1,190 @@
+"""Open-set scores (`snakeid.openset`) on tiny random data, and a smoke run of
+`bench/openset.py --fast`. Properties and exact cross-checks only, no quality thresholds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snakeid.openset import (
+    Combined,
+    Energy,
+    Mahalanobis,
+    MaxSoftmax,
+    NearestNeighbour,
+    auroc,
+    fit_precision,
+    fit_threshold,
+    size_mb,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _clusters(seed: int = 0, classes: int = 4, per_class: int = 30, dim: int = 16):
+    """Well-separated Gaussian classes with positive coordinates (like pooled ReLU features)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(2, 6, (classes, dim)) * rng.integers(0, 2, (classes, dim))
+    y = np.repeat(np.arange(classes), per_class)
+    x = centres[y] + rng.normal(0, 0.3, (len(y), dim))
+    return x.astype(np.float32), y, centres
+
+
+def _logits(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return -((x[:, None, :] - centres[None]) ** 2).sum(-1) / 4  # a nearest-centroid "probe"
+
+
+FITS = {
+    "msp": lambda x, y: MaxSoftmax(),
+    "energy": lambda x, y: Energy(),
+    "mahalanobis": lambda x, y: Mahalanobis.fit(x, y),
+    "mahalanobis_l2_rank8": lambda x, y: Mahalanobis.fit(x, y, l2=True, rank=8),
+    "relative_mahalanobis": lambda x, y: Mahalanobis.fit(x, y, relative=True),
+    "knn1": lambda x, y: NearestNeighbour.fit(x, k=1),
+    "knn5": lambda x, y: NearestNeighbour.fit(x, k=5),
+    "centroid": lambda x, y: NearestNeighbour.fit_centroids(x, y),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FITS))
+def test_far_away_points_score_higher_than_known_ones(name: str) -> None:
+    x, y, centres = _clusters()
+    score = FITS[name](x, y)
+    xt, _, _ = _clusters(seed=1)  # fresh photos of the same classes
+    xt = centres[np.arange(len(xt)) % len(centres)] + (xt - xt.mean(0)) * 0.1
+    rng = np.random.default_rng(2)
+    far = rng.uniform(0, 6, (40, x.shape[1])).astype(np.float32)  # no class's pattern
+    known = score.score(xt, _logits(xt, centres))
+    unknown = score.score(far, _logits(far, centres))
+    assert known.shape == (len(xt),) and np.isfinite(known).all()
+    assert known.max() < unknown.min(), name
+    assert size_mb(score) >= 0
+
+
+def test_mahalanobis_equals_a_direct_computation() -> None:
+    x, y, _ = _clusters(classes=3, per_class=10, dim=12)  # N = 30 > D: full rank
+    score = Mahalanobis.fit(x, y, shrinkage=0.2)
+    means = np.stack([x[y == c].mean(0) for c in range(3)]).astype(np.float64)
+    z = x - means[y]
+    s = z.T @ z / len(z)
+    sigma = 0.8 * s + 0.2 * np.trace(s) / 12 * np.eye(12)
+    p = np.linalg.inv(sigma)
+    q = np.random.default_rng(3).normal(2, 2, (7, 12))
+    direct = np.array([min((f - m) @ p @ (f - m) for m in means) for f in q])
+    np.testing.assert_allclose(score.score(q, None), direct, rtol=1e-6)
+
+
+def test_low_rank_precision_with_fewer_photos_than_dimensions() -> None:
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 1, (10, 40)) * rng.uniform(0.1, 3, 40)
+    z -= z.mean(0)
+    prec = fit_precision(z, shrinkage=0.3)
+    s = z.T @ z / len(z)
+    direct = np.linalg.inv(0.7 * s + 0.3 * np.trace(s) / 40 * np.eye(40))
+    assert prec.basis.shape == (40, 9)  # rank N - 1, never D x D
+    q = rng.normal(0, 1, (5, 40))
+    got = prec.sq_distances(q, np.zeros((1, 40)))[:, 0]
+    np.testing.assert_allclose(got, np.einsum("nd,de,ne->n", q, direct, q), rtol=1e-6)
+
+
+def test_ledoit_wolf_matches_scikit_learn() -> None:
+    from sklearn.covariance import ledoit_wolf
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 1, (25, 60)) @ rng.normal(0, 1, (60, 60))
+    prec = fit_precision(z)  # Ledoit-Wolf shrinkage, as sklearn with assume_centered
+    cov, _ = ledoit_wolf(z, assume_centered=True)
+    q = rng.normal(0, 1, (4, 60))
+    want = np.einsum("nd,de,ne->n", q, np.linalg.inv(cov), q)
+    np.testing.assert_allclose(prec.sq_distances(q, np.zeros((1, 60)))[:, 0], want, rtol=1e-5)
+
+
+def test_truncated_rank_keeps_the_leading_directions() -> None:
+    x, y, _ = _clusters(dim=32)
+    full, low = Mahalanobis.fit(x, y), Mahalanobis.fit(x, y, rank=4)
+    assert low.precision.basis.shape == (32, 4) and size_mb(low) < size_mb(full)
+    q = x[:20] + 5.0
+    assert np.corrcoef(full.score(q, None), low.score(q, None))[0, 1] > 0.5
+
+
+def test_logit_scores_match_their_definitions() -> None:
+    logits = np.array([[5.0, 0.0, 0.0], [1.0, 1.0, 1.0], [300.0, -300.0, 0.0]])
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(MaxSoftmax().score(None, logits), 1 - p.max(1), atol=1e-12)
+    lse = np.log(np.exp(logits[:2]).sum(1))
+    np.testing.assert_allclose(Energy().score(None, logits)[:2], -lse)
+    assert Energy().score(None, logits)[2] == pytest.approx(-300.0)  # no overflow
+
+
+def test_nearest_neighbour_is_the_kth_cosine_distance() -> None:
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    q = np.array([[2.0, 0.0]])
+    assert NearestNeighbour.fit(bank, k=1).score(q, None)[0] == pytest.approx(0.0, abs=1e-6)
+    k2 = 1 - 1 / np.sqrt(2)  # second most similar: (1, 1)
+    assert NearestNeighbour.fit(bank, k=2).score(q, None)[0] == pytest.approx(k2, abs=1e-6)
+    assert NearestNeighbour.fit(bank).score(q, None, chunk=1).shape == (1,)
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_combined_standardises_its_parts(per_class: bool) -> None:
+    x, y, centres = _clusters()
+    parts = (MaxSoftmax(), NearestNeighbour.fit(x[::2]))
+    val, val_logits = x[1::2], _logits(x[1::2], centres)
+    values = np.stack([p.score(val, val_logits) for p in parts])  # (2, N)
+    score = Combined.fit(parts, values, val_logits, per_class=per_class)
+    assert score.offset.shape == (2, len(centres)) and score.scale.shape == (2,)
+    top = val_logits.argmax(1)
+    manual = sum((values[i] - score.offset[i, top]) / score.scale[i] for i in range(2))
+    np.testing.assert_allclose(score.score(val, val_logits), manual)
+    # on the photos it was fitted on, the sum is centred (per top-1 class, if asked)
+    combined = score.combine(values, val_logits)
+    groups = [top == c for c in range(len(centres))] if per_class else [top >= 0]
+    assert all(abs(combined[g].mean()) < 1e-9 for g in groups)
+    assert size_mb(score) == pytest.approx(size_mb(parts[1]) + (2 * len(centres) + 2) * 4e-6)
+    far = np.random.default_rng(2).uniform(0, 6, (40, x.shape[1])).astype(np.float32)
+    assert np.median(score.score(far, _logits(far, centres))) > combined.max()
+
+
+@pytest.mark.parametrize("pass_rate", [0.5, 0.9, 0.95, 0.99, 1.0])
+def test_threshold_passes_the_requested_share(pass_rate: float) -> None:
+    s = np.random.default_rng(6).normal(size=101)
+    t = fit_threshold(s, pass_rate)
+    assert (s <= t).mean() >= pass_rate
+    assert (s < t).mean() < pass_rate  # the smallest such threshold: one of the scores
+    with pytest.raises(ValueError):
+        fit_threshold(s, 0.0)
+
+
+def test_auroc_matches_scikit_learn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    known, unknown = rng.integers(0, 5, 50).astype(float), rng.integers(2, 8, 30).astype(float)
+    want = roc_auc_score(np.r_[np.zeros(50), np.ones(30)], np.r_[known, unknown])
+    assert auroc(known, unknown) == pytest.approx(want)
+    assert auroc(np.zeros(3), np.ones(2)) == 1.0 and auroc(np.ones(3), np.ones(2)) == 0.5
+
+
+def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "openset.json"
+    p = subprocess.run(
+        [sys.executable, "bench/openset.py", "--fast", "--out", str(out),
+         "--work", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert len(result["rotations"]) >= 2
+    assert "msp" in result["candidates"] and result["recommended"] in result["candidates"]
+    for name, c in result["candidates"].items():
+        assert 0.0 <= c["mean"]["auroc"] <= 1.0, name
+        assert 0.0 <= c["mean"]["known_flagged"] <= 1.0, name
+        assert c["size_mb"] >= 0.0, name
+    md = out.with_suffix(".md").read_text()
+    assert "| score |" in md and "msp" in md
