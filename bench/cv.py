@@ -46,6 +46,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from _realdata import ENSEMBLE, clean_rows, features  # noqa: E402
 from snakeid import verify  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     calibrate_on_val,
@@ -55,7 +56,6 @@ from snakeid.calibration import (  # noqa: E402
 )
 from snakeid.config import BaseConfig, load_params, section  # noqa: E402
 from snakeid.data import DataConfig  # noqa: E402
-from snakeid.engine import prefix_engine  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
 from snakeid.models import ModelConfig, SnakeNet, build_model, trunk_sizes  # noqa: E402
@@ -73,87 +73,10 @@ from snakeid.train import (  # noqa: E402
     fit_spec,
     fit_tail,
     freeze_all_but,
-    view_datasets,
 )
 from snakeid.utils import seed_everything, write_json  # noqa: E402
 
 _logger = logging.getLogger("cv")
-
-ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: folder source + verify once
-
-
-def pooled_folder(data: Path, pool: Path) -> Path:
-    """`<data>/{train,val,test}/<Species>/f` → `<pool>/<Species>/<split>__f` (symlinks), so that
-    cross-validation sees every photo. A flat folder is used as it is."""
-    splits = [
-        d for d in sorted(data.iterdir()) if d.is_dir() and d.name in ("train", "val", "test")
-    ]
-    if not splits:
-        return data
-    if pool.exists():
-        return pool
-    tmp = pool.with_name(pool.name + ".part")
-    for split_dir in splits:
-        for sp in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-            (tmp / sp.name).mkdir(parents=True, exist_ok=True)
-            for f in sorted(sp.iterdir()):
-                if f.is_file() and not f.name.startswith("."):
-                    (tmp / sp.name / f"{split_dir.name}__{f.name}").symlink_to(f.resolve())
-    tmp.rename(pool)
-    return pool
-
-
-def clean_rows(data: Path, work: Path, species: list[Species], params: dict) -> list[dict]:
-    """Folder source + verify (cached in `work`); the clean manifest rows."""
-    clean = work / "clean"
-    if not (clean / "manifest.csv").exists():
-        run_download(
-            DownloadConfig(source="folder", folder=str(pooled_folder(data, work / "pool"))),
-            species,
-            work / "raw",
-            seed=0,
-        )
-        verify.run(work / "raw", clean, species, section(params, "verify", verify.VerifyConfig))
-    return read_manifest(clean / "manifest.csv")
-
-
-# ---------------------------------------------------------------------------------------------
-# Features: the pipeline's own feature pass, once per (model, cut)
-
-
-def features(
-    model: SnakeNet,
-    cut: int,
-    rows: list[dict],
-    species: list[Species],
-    data: DataConfig,
-    *,
-    size: int,
-    seed: int,
-    path: Path,
-) -> tuple[np.ndarray, float]:
-    """(V, N, ...) float16 features of `model.prefix(cut)` over `rows`, and the seconds taken
-    (0 when read back from `path`)."""
-    if path.exists():
-        return np.load(path, mmap_mode="r"), 0.0
-    started = time.perf_counter()
-    cache = FeatureCache(path.parent, path.stem + ".part")
-    with prefix_engine(model.prefix(cut), "onnxruntime", "cpu", size) as prefix:
-        cache.fill(
-            prefix,
-            view_datasets(rows, species, size, data),
-            batch_size=data.batch_size,
-            workers=data.workers,
-            seed=seed,
-            desc=path.stem,
-        )
-    cache.path.rename(path)
-    return np.load(path, mmap_mode="r"), time.perf_counter() - started
-
 
 # ---------------------------------------------------------------------------------------------
 # Recipes: each maps (training photos, test photos) → calibrated test logits and calibration

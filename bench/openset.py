@@ -6,8 +6,8 @@
 Protocol:
 
 * Photos, labels, observation groups and the pooled Lite0+Lite1+Lite2 features (V views, view 0
-  the eval transform) come from bench/cv.py's own loading code and its feature cache
-  (`<cv work>/real/pooled_v<V>.npy`); they are computed by it when missing.
+  the eval transform) come from bench/_realdata.py, the loading code cv.py uses, and cv.py's
+  feature cache (`<cv work>/real/pooled_v<V>.npy`); they are computed when missing.
 * Rotations: the species are dealt into `--rotations` disjoint held-out sets (venomous species
   first, so that each set holds at least one), covering every species once; `--partitions`
   deals them again with another shuffle, so that each species is held out with other company.
@@ -107,9 +107,9 @@ class Photos:
 
 
 def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int) -> Photos:
-    """bench/cv.py's photos and cached pooled features (its loading code, so the rows line up
+    """bench/cv.py's photos and cached pooled features (the same loading code, so the rows line up
     with its cache); needs torch only when the features must be computed."""
-    import cv  # bench/cv.py: the feature pass and the verified rows of the folder
+    import _realdata  # the feature pass and the verified rows of the folder, as cv.py
     from snakeid.config import load_params
     from snakeid.data import DataConfig
     from snakeid.models import ModelConfig, build_model, trunk_sizes
@@ -119,11 +119,12 @@ def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int
     species = load_species(species_file or data / "species.yaml")
     work = cv_work / "real"
     work.mkdir(parents=True, exist_ok=True)
-    rows = cv.clean_rows(data, work, species, load_params(REPO / "params.yaml"))
-    ensemble = build_model(cv.ENSEMBLE, len(species), ModelConfig())
-    pooled, _ = cv.features(
+    rows = _realdata.clean_rows(data, work, species, load_params(REPO / "params.yaml"))
+    ensemble = build_model(_realdata.ENSEMBLE, len(species), ModelConfig())
+    pooled, _ = _realdata.features(
         ensemble, ensemble.depth, rows, species, DataConfig(views=views, batch_size=32),
-        size=max(trunk_sizes(cv.ENSEMBLE, None)), seed=42, path=work / f"pooled_v{views}.npy",
+        size=max(trunk_sizes(_realdata.ENSEMBLE, None)), seed=42,
+        path=work / f"pooled_v{views}.npy",
     )  # fmt: skip
     index = {s.name: i for i, s in enumerate(species)}
     return Photos(
