@@ -128,3 +128,21 @@ def test_provenance_and_model_card(tmp_path, source):
     assert "| *Naja kaouthia* | Monocled Cobra | yes | 3 | 1 | 1 |" in card
     assert "| macro-F1 | 0.700 | 0.500–0.900 |" in card
     assert ("synthetic demo photos" in card) == (source == "demo-synthetic")
+
+
+def test_progress_logs_lines_instead_of_a_bar_when_not_on_a_terminal(monkeypatch, caplog, capsys):
+    import logging
+
+    import snakeid.utils as utils
+
+    monkeypatch.setattr(utils, "PROGRESS_EVERY_S", 0)  # a line at every update
+    with (
+        caplog.at_level(logging.INFO, logger="snakeid.utils"),
+        utils.Progress(3, "verify", "img") as p,
+    ):
+        for _ in range(3):
+            p.update()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "verify: 1/3 img", "verify: 2/3 img", "verify: 3/3 img",
+    ]  # fmt: skip
+    assert "verify" not in capsys.readouterr().err  # no tqdm bar written

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from snakeid.calibration import softmax, venomous_probability, venomous_rule_report
 from snakeid.config import spec
@@ -20,6 +19,7 @@ from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
 from snakeid.taxa import Species, label_index
+from snakeid.utils import Progress
 
 _logger = logging.getLogger(__name__)
 
@@ -82,7 +82,11 @@ def predict_logits(
     through the shared eval transform."""
     ds = SplitDataset(rows, species, eval_transform(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    out = [run(x) for x, _ in tqdm(loader, desc="predict", unit="batch", leave=False, disable=None)]
+    out = []
+    with Progress(len(loader), "predict", "batch") as progress:
+        for x, _ in loader:
+            out.append(run(x))
+            progress.update()
     return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
 
 

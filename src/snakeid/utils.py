@@ -1,4 +1,4 @@
-"""Small helpers every stage shares: logging, seeding, device choice, hashing, JSON output."""
+"""Small helpers every stage shares: logging, progress, seeding, device choice, hashing, JSON."""
 
 from __future__ import annotations
 
@@ -7,11 +7,51 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 _logger = logging.getLogger(__name__)
+
+
+PROGRESS_EVERY_S = 20  # a log line this often in long loops when stdout is not a terminal
+
+
+class Progress:
+    """Progress of a long loop: a tqdm bar on a terminal; otherwise (CI, `dvc exp run` logs, a
+    file) a log line every PROGRESS_EVERY_S seconds, never a bar. `show=False` (a torchrun rank
+    other than 0) shows nothing."""
+
+    def __init__(self, total: int, desc: str, unit: str, *, show: bool = True):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.started = self._said = time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, mininterval=1.0, leave=False,
+                        disable=None if show else True)  # fmt: skip
+        self.log = show and bool(self.bar.disable)  # None resolved: no terminal
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.log and now - self._said >= PROGRESS_EVERY_S:
+            self._said = now
+            rate = self.done / (now - self.started)
+            _logger.info("%s: %d/%d %s (%.1f %s/s)", self.desc, self.done, self.total,
+                         self.unit, rate, self.unit)  # fmt: skip
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far."""
+        return self.done / max(time.perf_counter() - self.started, 1e-9)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def setup_logging(level: int = logging.INFO) -> None:

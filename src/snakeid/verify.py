@@ -48,13 +48,13 @@ from typing import Any
 import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
-from tqdm import tqdm
 
 from snakeid.config import spec
 from snakeid.errors import UserError
 from snakeid.images import to_rgb
 from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, read_checked_manifest, write_manifest
 from snakeid.taxa import Species, label_index, species_slug
+from snakeid.utils import Progress
 
 _logger = logging.getLogger(__name__)
 
@@ -236,13 +236,12 @@ def _prepare_out(out: Path) -> None:
 
 def _inspect_all(jobs: list[_Job], cfg: VerifyConfig) -> list[_Inspected]:
     work = partial(_inspect, cfg=cfg)
-    bar = tqdm(total=len(jobs), desc="verify", unit="img", mininterval=1.0, disable=None)
-    try:
+    with Progress(len(jobs), "verify", "img") as progress:
         if cfg.workers == 1 or len(jobs) < 2 * cfg.workers:
             results = []
             for job in jobs:
                 results.append(work(job))
-                bar.update()
+                progress.update()
             return results
         # spawn, not fork: forking a process that already runs threads (tqdm's monitor) can hang.
         spawn = multiprocessing.get_context("spawn")
@@ -250,10 +249,8 @@ def _inspect_all(jobs: list[_Job], cfg: VerifyConfig) -> list[_Inspected]:
             results = []
             for r in pool.map(work, jobs, chunksize=8):  # map keeps input order
                 results.append(r)
-                bar.update()
+                progress.update()
             return results
-    finally:
-        bar.close()
 
 
 class _KeptIndex:

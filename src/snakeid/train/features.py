@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from snakeid import distributed
 from snakeid.config import BaseConfig
@@ -29,11 +28,10 @@ from snakeid.manifest import read_manifest
 from snakeid.models import SnakeNet, backbone_list
 from snakeid.split import observation_key
 from snakeid.taxa import Species
-from snakeid.utils import resolve_device, worker_seed, write_json
+from snakeid.utils import Progress, resolve_device, worker_seed, write_json
 
 _logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 20  # a log line this often in long loops when stdout is not a terminal
 FEATURES_META = "features.json"
 
 
@@ -112,16 +110,8 @@ class FeatureCache:
         shape = prefix(x0[None]).shape[1:]
         self._create((views, n, *shape))
         assert self.array is not None
-        started = said = time.perf_counter()
-        done, total = 0, views * len(mine)
-        with tqdm(
-            total=total,
-            desc=desc,
-            unit="img",
-            leave=False,
-            mininterval=2,
-            disable=None if distributed.is_main() else True,  # None: no bar when not a terminal
-        ) as bar:
+        started = time.perf_counter()
+        with Progress(views * len(mine), desc, "img", show=distributed.is_main()) as progress:
             for v, dataset in enumerate(datasets):
                 loader = DataLoader(
                     _SeededViews(dataset, mine, v, seed),
@@ -133,14 +123,7 @@ class FeatureCache:
                 for x, _, idx in loader:
                     y = prefix(x).astype(np.float16)  # (B, ...)
                     self.array[v, idx.numpy()] = y
-                    done += len(y)  # (a disabled bar counts nothing)
-                    rate = done / (time.perf_counter() - started)
-                    bar.update(len(y))
-                    bar.set_postfix(img_s=f"{rate:.1f}")
-                    logged = bar.disable and distributed.is_main()  # not a terminal: log lines
-                    if logged and time.perf_counter() - said >= PROGRESS_EVERY_S:
-                        said = time.perf_counter()
-                        _logger.info("%s: %d/%d (%.1f img/s)", desc, done, total, rate)
+                    progress.update(len(y))
         self._share()
         self.seconds = time.perf_counter() - started
         self.images_per_s = views * n / self.seconds if self.seconds else float("nan")
