@@ -219,3 +219,14 @@ def test_export_logs_no_warning(project, tmp_path):
     p = run(["dvc", "repro", "-f", "-s", "export_onnx"], again)
     assert ran_stages(p.stdout) == {"export_onnx"}
     assert "warning" not in (p.stdout + p.stderr).lower(), p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_stages_run_their_checkouts_own_code(project, tmp_path):
+    """A queued experiment runs in a copy of the repository: its stages must import that copy's
+    src/, not the installed `snakeid` (an editable install of another checkout)."""
+    again = copy_project(project, tmp_path / "again")
+    stage_py = again / "src/snakeid/stage.py"
+    stage_py.write_text(stage_py.read_text() + '\nprint("this checkout\'s snakeid")\n')
+    out = run(["dvc", "repro", "-f", "-s", "split"], again).stdout
+    assert "this checkout's snakeid" in out, out
