@@ -114,7 +114,12 @@ def run_watched(
                     try:
                         info = procs.get(q.pid)
                         if info is None:
-                            info = procs[q.pid] = _Proc(" ".join(q.cmdline()), q.create_time())
+                            info = procs[q.pid] = _Proc("", q.create_time())
+                        # Every command line the pid shows: it changes at each exec (`env`,
+                        # snakeid.distributed) and reads empty while one is in progress.
+                        cmdline = " ".join(q.cmdline())
+                        if cmdline and cmdline not in info.cmdline:
+                            info.cmdline += f" | {cmdline}"
                         t = q.cpu_times()
                         info.cpu_s = t.user + t.system
                         info.hwm = max(info.hwm, _hwm_bytes(q.pid))
