@@ -11,6 +11,7 @@ from pathlib import Path
 
 from snakeid import split
 from snakeid.config import section
+from snakeid.manifest import SPLITS
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import write_json
 
@@ -33,7 +34,7 @@ def main() -> None:
     result = split.run(args.clean, args.out, species, cfg, base.seed)
     write_json(args.report, result.metrics)
     photos = result.metrics["photos"]
-    write_json(args.metrics, {"photos": {k: photos[k] for k in ("train", "val", "test")}})
+    write_json(args.metrics, {"photos": {k: photos[k] for k in SPLITS}})
 
 
 if __name__ == "__main__":

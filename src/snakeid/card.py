@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from snakeid.manifest import read_manifest
+from snakeid.manifest import SPLITS, read_manifest
 from snakeid.predict import SYNTHETIC_SOURCE
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
-
-SPLITS = ("train", "val", "test")
 
 
 def data_provenance(split_dir: Path, species: Sequence[Species]) -> dict[str, Any]:

@@ -42,11 +42,6 @@ class Progress:
             _logger.info("%s: %d/%d %s (%.1f %s/s)", self.desc, self.done, self.total,
                          self.unit, rate, self.unit)  # fmt: skip
 
-    @property
-    def rate(self) -> float:
-        """Items per second so far."""
-        return self.done / max(time.perf_counter() - self.started, 1e-9)
-
     def __enter__(self) -> Progress:
         return self
 
