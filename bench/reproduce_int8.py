@@ -55,12 +55,21 @@ def main() -> int:
     for i in range(0, len(rows), 32):
         batch = rows[i : i + 32]
         x = np.stack([preprocess(r["path"], meta["preprocess"]) for r in batch])
-        logits = session.run([meta["output_name"]], {meta["input_name"]: x})[0]
-        for r, k in zip(batch, logits.argmax(1), strict=True):
-            if names[k] != r["predicted"]:
+        logits, unknown_score = session.run(
+            [meta["output_name"], meta["unknown_output_name"]], {meta["input_name"]: x}
+        )
+        unknown = unknown_score > meta["decision"]["unknown_threshold"]
+        for r, k, u in zip(batch, logits.argmax(1), unknown, strict=True):
+            if names[k] != r["predicted"] or int(u) != int(r["unknown"]):
                 mismatches += 1
-                print(f"MISMATCH {r['path']}: {names[k]} != reported {r['predicted']}")
-    print(f"{len(rows) - mismatches}/{len(rows)} test photos: same INT8 prediction as reported")
+                print(
+                    f"MISMATCH {r['path']}: {names[k]} (unknown {int(u)}) != reported "
+                    f"{r['predicted']} (unknown {r['unknown']})"
+                )
+    print(
+        f"{len(rows) - mismatches}/{len(rows)} test photos: same INT8 prediction and unknown "
+        "flag as reported"
+    )
     return 1 if mismatches else 0
 
 

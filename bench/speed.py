@@ -60,6 +60,7 @@ from snakeid.export import ExportConfig, eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.models import ModelConfig, build_model
 from snakeid.quantize import QuantizeConfig
+from snakeid.split import model_species
 from snakeid.taxa import label_index, load_species
 from snakeid.train import FinetuneConfig, TrainHeadConfig, finetune_settings, prepare
 from snakeid.utils import setup_logging
@@ -337,7 +338,7 @@ def memory_check(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
 def inference(root: Path, scratch: Path, sizes: Sizes) -> dict[str, Any]:
     params = load_params(root / "params.yaml")
     base = base_config(params)
-    species = load_species(root / base.species_file)
+    species, _ = model_species(params, load_species(root / base.species_file))  # its classes
     quant = section(params, "quantize", QuantizeConfig)
     opset = section(params, "export_onnx", ExportConfig).opset
     trained, ckpt = load_checkpoint(_path(root, "final"), species)

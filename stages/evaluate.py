@@ -1,4 +1,5 @@
-"""Stage evaluate: test-split metrics, per-species report, confusion matrix and predictions.
+"""Stage evaluate: test-split metrics, per-species report, confusion matrix and predictions; the
+unknown-species flag on the test photos and on the photos of species held out of training.
 
 The model runs in the feature cache's engine (`data.feature_engine`: ONNX Runtime FP32 on the
 CPU, which export_onnx checks against PyTorch to 1e-3 in logits)."""
@@ -17,11 +18,13 @@ from snakeid.evaluate import (
     per_species_rows,
     plot_confusion,
     plot_per_species_f1,
-    predict_logits,
+    predict_scores,
     prediction_rows,
 )
 from snakeid.manifest import read_manifest
 from snakeid.models import ModelConfig, deployed
+from snakeid.openset import UnknownScore
+from snakeid.split import UNKNOWN, model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import resolve_device, seed_everything, set_threads, write_csv, write_json
 
@@ -41,7 +44,8 @@ def main() -> None:
     args = ap.parse_args()
 
     inputs = stage_inputs(args.params)
-    params, base, species = inputs.params, inputs.base, inputs.species
+    params, base = inputs.params, inputs.base
+    species, unknown = model_species(params, inputs.species)  # the model's classes, held out
     cfg = section(params, "evaluate", EvaluateConfig)
     model_cfg = section(params, "model", ModelConfig)
     data = section(params, "data", DataConfig)
@@ -52,15 +56,20 @@ def main() -> None:
     net, ckpt = load_checkpoint(args.model, species)
     size = ckpt.image_size
     engine = feature_engine(data.feature_engine, device)
-    with prefix_engine(deployed(net, ckpt.temperature, model_cfg), engine, device, size) as run:
+    unknown_score = UnknownScore.from_checkpoint(ckpt)
+    model = deployed(net, ckpt.temperature, model_cfg, unknown_score.module())
+    with prefix_engine(model, engine, device, size) as run:
         ev = evaluate(
-            lambda rows: predict_logits(run, rows, species, size),
+            lambda rows: predict_scores(run, rows, size),
             read_manifest(args.split / "test.csv"),
             read_manifest(args.split / "train.csv"),
             species,
             cfg,
             seed=base.seed,
             calibration=ckpt.calibration,
+            unknown_threshold=unknown_score.threshold,
+            unknown_rows=read_manifest(args.split / f"{UNKNOWN}.csv"),
+            unknown_species=unknown,
         )
     metrics = ev.metrics
     write_json(args.report, metrics)

@@ -10,6 +10,7 @@ from snakeid.card import data_provenance, model_card
 from snakeid.checkpoint import load_checkpoint
 from snakeid.config import section
 from snakeid.export import (
+    PARITY_HEADLINE,
     ExportConfig,
     check_parity,
     eval_batches,
@@ -20,6 +21,8 @@ from snakeid.export import (
 )
 from snakeid.manifest import read_manifest
 from snakeid.models import ModelConfig, deployed
+from snakeid.openset import UnknownScore
+from snakeid.split import model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import set_threads, write_json
 
@@ -40,23 +43,26 @@ def main() -> None:
     args = ap.parse_args()
 
     inputs = stage_inputs(args.params)
-    params, base, species = inputs.params, inputs.base, inputs.species
+    params, base = inputs.params, inputs.base
+    species, _ = model_species(params, inputs.species)  # the model's classes
     cfg = section(params, "export_onnx", ExportConfig)
     model_cfg = section(params, "model", ModelConfig)
     set_threads(base.threads)
 
     net, ckpt = load_checkpoint(args.model, species)
-    model = deployed(net, ckpt.temperature, model_cfg)
+    unknown_score = UnknownScore.from_checkpoint(ckpt)
+    model = deployed(net, ckpt.temperature, model_cfg, unknown_score.module())
     export_onnx(model, args.onnx, ckpt.image_size, cfg.opset)
     rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
     result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt.image_size))
     write_json(args.report, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
-    write_json(args.metrics, {k: result[k] for k in ("top1_agreement", "max_abs_logit_diff")})
+    write_json(args.metrics, {k: result[k] for k in PARITY_HEADLINE})
     check_parity(result, cfg)  # after writing, so a failed check leaves its evidence
     meta = model_meta(
         ckpt,
         cfg,
         tta_flip=model_cfg.tta_flip,
+        unknown_score=unknown_score.describe(),
         data=data_provenance(args.split, species),
         evaluation=json.loads(args.evaluation.read_text()),
     )

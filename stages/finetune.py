@@ -1,5 +1,6 @@
 """Stage finetune: unfreeze the last feature block(s) and train them with the classifier, then
-fit the softmax temperature and the "possibly venomous" threshold on held-out logits.
+fit the softmax temperature and the "possibly venomous" threshold on held-out logits, and the
+unknown-species score (`snakeid.openset.UnknownScore`) on held-out photos.
 
 With `finetune.enabled: false` the head is the final model and only the calibration runs.
 
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from snakeid import distributed
@@ -19,18 +21,21 @@ from snakeid.config import load_params, section
 from snakeid.errors import UserError
 from snakeid.live import CURVES, EpochLog
 from snakeid.models import SnakeNet
+from snakeid.openset import UnknownScore
 from snakeid.stage import run_stage
 from snakeid.train import (
+    Caches,
     FinetuneConfig,
     Setup,
     TrainHeadConfig,
     finetune_settings,
     fit_spec,
     load_caches,
+    pooled_view0,
     prepare,
     train_tail,
 )
-from snakeid.utils import write_json
+from snakeid.utils import resolve_device, write_json
 
 
 def main() -> None:
@@ -52,8 +57,12 @@ def main() -> None:
     model, head_ckpt = load_checkpoint(args.head, setup.species)
     head = head_ckpt.metrics
     log = EpochLog(args.live, "finetune")
+    caches = load_caches(
+        args.features, split_dir=args.split, base=setup.base, data=setup.data,
+        cut=model.cut(cfg.unfreeze_blocks if cfg.enabled else 0),
+    )  # fmt: skip
     if cfg.enabled:
-        model, metrics, held = _finetune(args, model, head_ckpt, head_cfg, cfg, setup, log)
+        model, metrics, held = _finetune(model, caches, head_ckpt, head_cfg, cfg, setup, log)
     else:  # the head is the final model: calibrate it on its own holdout logits
         held = head_ckpt.holdout
         metrics = {"enabled": False} | {k: head[k] for k in CURVES}
@@ -64,9 +73,13 @@ def main() -> None:
         temperature_scaling=cfg.temperature_scaling,
         miss_target=cfg.venomous_miss_target,
     )
+    unknown = _unknown_score(
+        model, caches, held, calibration["temperature"], cfg, resolve_device(setup.base.device)
+    )
     metrics |= {
         "calibrated_on": held["source"],
         "calibration": calibration,
+        "unknown_score": unknown.describe() | {"fitted_on": held["source"]},
         "pretrained": head["pretrained"],
         "head_val_macro_f1": head["val_macro_f1"],
     }
@@ -81,15 +94,42 @@ def main() -> None:
         stage="finetune",
         metrics=metrics,
         calibration=calibration,
+        openset=unknown.state(),
     )
     write_json(args.report, metrics)
     # headline: the final model's val scores (the head's when finetune is off: no epochs logged)
     log.finish({k: metrics[k] for k in CURVES})
 
 
-def _finetune(
-    args: argparse.Namespace,
+def _unknown_score(
     model: SnakeNet,
+    caches: Caches,
+    held: dict[str, Any],
+    temperature: float,
+    cfg: FinetuneConfig,
+    device: str,
+) -> UnknownScore:
+    """Fit the unknown-species score on the photos the calibration used: the out-of-fold
+    train+val photos of a refitted probe (its folds), else the val photos against the train
+    photos. The bank of the deployed score is the photos the classifier trained on."""
+    train, val = pooled_view0(model, caches, device)
+    logits = held["logits"].numpy() / temperature  # calibrated, as the deployed model's
+    if held["folds"] is not None:
+        every = np.concatenate([train, val])
+        folds = held["folds"].numpy()
+        bank, held_x, bank_folds, held_folds = every, every, folds, folds
+    else:
+        bank, held_x = train, val
+        bank_folds, held_folds = np.full(len(train), -1), np.zeros(len(val), int)
+    return UnknownScore.fit(
+        bank, held_x, logits, bank_folds=bank_folds, held_folds=held_folds,
+        known_pass_rate=cfg.known_pass_rate,
+    )  # fmt: skip
+
+
+def _finetune(
+    model: SnakeNet,
+    caches: Caches,
     head_ckpt: Checkpoint,
     head_cfg: TrainHeadConfig,
     cfg: FinetuneConfig,
@@ -103,13 +143,6 @@ def _finetune(
             "epoch on photos the head trained on: set train_head.refit: false"
         )
     fit = fit_spec(cfg, setup, **finetune_settings(head_cfg, cfg, setup.base.seed))
-    caches = load_caches(
-        args.features,
-        split_dir=args.split,
-        base=setup.base,
-        data=setup.data,
-        cut=model.cut(cfg.unfreeze_blocks),
-    )
     result = train_tail(
         model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,
         stage="finetune", log=log,
@@ -118,6 +151,7 @@ def _finetune(
         "logits": torch.from_numpy(result.fit.val_logits),
         "labels": torch.from_numpy(result.val_labels),
         "source": "val",
+        "folds": None,
     }
     metrics = result.metrics | {"enabled": True, "lr": fit.lr}
     return result.model, metrics, held

@@ -13,6 +13,7 @@ from snakeid.evaluate import Evaluation, evaluable, prediction_rows
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.quantize import HEADLINE, QuantizeConfig, check_int8, compare, latencies, quantize
+from snakeid.split import model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.taxa import label_index
 from snakeid.utils import write_csv, write_json
@@ -33,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     inputs = stage_inputs(args.params)
-    params, base, species = inputs.params, inputs.base, inputs.species
+    params, base = inputs.params, inputs.base
+    species, _ = model_species(params, inputs.species)  # the model's classes
     cfg = section(params, "quantize", QuantizeConfig)
     meta = json.loads(args.meta.read_text())
     size = meta["image_size"]
@@ -45,15 +47,16 @@ def main() -> None:
     test, _ = evaluable(read_manifest(args.split / "test.csv"), train)
     index = label_index(species)
     y = np.array([index[r["taxon"]] for r in test])
-    result, probs = compare(
+    unknown_threshold = meta["decision"]["unknown_threshold"]
+    result, probs, unknown = compare(
         args.onnx, args.int8, eval_batches(test, species, size), y, sorted(set(y.tolist())),
-        threads=base.threads,
+        threads=base.threads, unknown_threshold=unknown_threshold,
     )  # fmt: skip
     result |= {"method": cfg.method, "calibration_images": len(calib), "n_test": len(test)}
     write_json(args.report, result)
     write_json(args.metrics, {k: result[k] for k in HEADLINE})
     rows = prediction_rows(
-        Evaluation({}, test, probs, y),
+        Evaluation({}, test, probs, y, unknown, unknown_threshold),
         species,
         venomous_threshold=meta["decision"]["venomous_threshold"],
     )

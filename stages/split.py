@@ -19,9 +19,7 @@ from snakeid.utils import write_json
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clean", type=Path, required=True, help="verify output (holds manifest.csv)")
-    ap.add_argument(
-        "--out", type=Path, required=True, help="train.csv, val.csv and test.csv go here"
-    )
+    ap.add_argument("--out", type=Path, required=True, help="{train,val,test,unknown}.csv go here")
     ap.add_argument("--metrics", type=Path, required=True, help="photos per split (DVC metrics)")
     ap.add_argument("--report", type=Path, required=True, help="per species and fractions (JSON)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -34,7 +32,7 @@ def main() -> None:
     result = split.run(args.clean, args.out, species, cfg, base.seed)
     write_json(args.report, result.metrics)
     photos = result.metrics["photos"]
-    write_json(args.metrics, {"photos": {k: photos[k] for k in SPLITS}})
+    write_json(args.metrics, {"photos": {k: photos[k] for k in (*SPLITS, split.UNKNOWN)}})
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
 from snakeid import distributed
 from snakeid.checkpoint import save_checkpoint
 from snakeid.config import load_params, section
@@ -107,11 +105,7 @@ def main() -> None:
         ),
         stage="train_head",
         metrics=metrics,
-        holdout={
-            "logits": torch.from_numpy(holdout.logits).float(),
-            "labels": torch.from_numpy(holdout.labels).long(),
-            "source": holdout.source,
-        },
+        holdout=holdout.state(),
     )
     write_json(args.report, metrics)
     # headline: the selected fit's curves, plus the out-of-fold score of a refitted probe

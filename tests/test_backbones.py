@@ -13,6 +13,7 @@ from snakeid.errors import UserError
 from snakeid.export import eval_batches, export_onnx, ort_session, parity
 from snakeid.manifest import read_manifest
 from snakeid.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
+from snakeid.openset import UnknownScore
 from snakeid.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
 from snakeid.train import (
     FitSpec,
@@ -50,20 +51,36 @@ def _changed(before, model):
     return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
 
 
+def _unknown_score(model, split_dir, temperature):
+    """The deployed unknown-species score, fitted on the train photos (3 folds)."""
+    x = np.concatenate(
+        eval_batches(read_manifest(split_dir / "train.csv"), SPECIES, model.input_size)
+    )
+    with torch.inference_mode():
+        z = model.embed(torch.from_numpy(x))
+        logits = (model.head(z) / temperature).numpy()
+    folds = np.arange(len(x)) % 3
+    z = z.numpy()
+    return UnknownScore.fit(z, z, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9)
+
+
 def _export_and_quantize(model, split_dir, tmp_path):
-    deployed = DeployedModel(model, temperature=1.3).eval()
+    score = _unknown_score(model, split_dir, 1.3)
+    deployed = DeployedModel(model, temperature=1.3, openset=score.module()).eval()
     onnx = tmp_path / "m.onnx"
     export_onnx(deployed, onnx, model.input_size, opset=17)
     rows = read_manifest(split_dir / "test.csv")
     batches = eval_batches(rows, SPECIES, model.input_size)
     check = parity(deployed, ort_session(onnx), batches)
     assert check["top1_agreement"] == 1.0 and check["max_abs_logit_diff"] < 1e-3
+    assert check["max_abs_unknown_score_diff"] < 1e-3
     int8 = tmp_path / "m_int8.onnx"
     calib = eval_batches(read_manifest(split_dir / "train.csv")[:8], SPECIES, model.input_size, 1)
     quantize(onnx, int8, QuantizeConfig(), calib)
-    fp32_p, int8_p = run_probs(ort_session(onnx), batches), run_probs(ort_session(int8), batches)
+    (fp32_p, fp32_u), (int8_p, int8_u) = (run_probs(ort_session(m), batches) for m in (onnx, int8))
     assert int8.stat().st_size < onnx.stat().st_size / 2
     assert np.abs(fp32_p - int8_p).max() < 0.5  # INT8 computes the same function, roughly
+    assert fp32_u.shape == int8_u.shape == (len(rows),) and np.isfinite(int8_u).all()
     return onnx
 
 
@@ -105,8 +122,10 @@ def test_multi_backbone_probe_exports_one_graph_and_quantizes_every_trunk(split_
     assert holdout.source == "out-of-fold train+val"
     assert metrics["val_macro_f1"] > 1 / len(SPECIES)
     onnx = _export_and_quantize(model, split_dir, tmp_path)
-    # each trunk's first convolution (raw pixels in) and the classifier stay FP32
-    assert len(_edge_nodes(onnx)) == 3
+    # each trunk's first convolution (raw pixels in), the classifier and the unknown score's
+    # similarity to its bank stay FP32 (with the score's other nodes)
+    weighted = [n for n in _edge_nodes(onnx) if n.endswith(("/Conv", "/Gemm", "/MatMul"))]
+    assert len(weighted) == 4 and {"/classifier/Gemm", "/openset/MatMul"} <= set(weighted)
 
 
 def test_probe_is_deterministic_and_matches_its_val_predictions(split_dir, tmp_path):

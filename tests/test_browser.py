@@ -111,6 +111,30 @@ def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
     print(f"screenshots: {tmp_path / 'page-mobile.png'} {tmp_path / 'page-desktop.png'}")
 
 
+def test_page_says_not_one_of_the_species_it_knows(chromium: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    # A harmless species wins, but the threshold is under every score: the photo is unknown.
+    model, _ = build_tiny_model(tmp_path / "model", favour=1, decision={"unknown_threshold": -1e9})
+    photo = demo_photo(tmp_path / "snake.jpg")
+    with running_server(model, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 412, "height": 915}).new_page()
+            page.goto(f"{url}/")
+            page.set_input_files("#file", str(photo))
+            alert = page.locator('.alert[data-kind="unknown"]')
+            expect(alert).to_contain_text("Not one of the 4 species this model knows")
+            expect(alert).to_contain_text("Treat it as venomous")
+            expect(page.locator('.alert[data-kind="ok"]')).to_have_count(0)  # never "harmless"
+            results = page.locator("#results li")  # the closest species are still listed
+            expect(results).to_have_count(3)
+            expect(results.first).to_contain_text("Indo-Chinese Rat Snake")
+            page.screenshot(path=tmp_path / "page-unknown.png", full_page=True)
+        finally:
+            browser.close()
+
+
 def test_docs_render_offline(chromium: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 

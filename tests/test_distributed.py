@@ -105,6 +105,7 @@ def _rank_main(probe: Path) -> None:
         train.batch = batch
         result = fit_tail(model, tail, groups, on_epoch=on_epoch, **kw)
         log.append({"epoch": epoch[0], "idx": [], "digest": _digest(tail)})  # after the last step
+        train.batch = read  # later reads (finetune's pass for the unknown score) are no steps
         return result
 
     train_mod.fit_tail = recording_fit_tail

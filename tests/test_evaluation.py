@@ -23,7 +23,7 @@ from snakeid.export import ExportConfig, check_parity, export_onnx, ort_session,
 from snakeid.metrics import classification_report, expected_calibration_error, macro_f1
 from snakeid.predict import ModelMeta
 from snakeid.quantize import QuantizeConfig, check_int8, compare
-from snakeid.taxa import Species
+from snakeid.taxa import Species, label_index
 from tiny_model import IMAGE_SIZE, SPECIES, build_tiny_model, tiny_meta, tiny_net
 
 TAXA = [Species(s["name"], s["common"], s["venomous"]) for s in SPECIES]
@@ -98,11 +98,11 @@ def test_evaluate_scores_a_model_and_excludes_untrained_species():
         for k, r in enumerate(batch):
             c = truth[r["taxon"]]
             out[k, 0 if c == 1 else c] = 4.0
-        return out
+        return out, np.zeros(len(batch))
 
     calibration = {"temperature": 1.0, "venomous_threshold": 0.5}
     ev = evaluate(predict, rows, train, TAXA, EvaluateConfig(bootstrap=100), seed=0,
-                  calibration=calibration)  # fmt: skip
+                  calibration=calibration, unknown_threshold=0.5)  # fmt: skip
     m = ev.metrics
     assert m["n_test"] == 15 and m["n_excluded_untrained_species"] == 5
     assert m["accuracy"] == pytest.approx(10 / 15)
@@ -110,6 +110,42 @@ def test_evaluate_scores_a_model_and_excludes_untrained_species():
     # species 1 (harmless) called species 0 (venomous): harmless → venomous, never the reverse
     assert m["venomous_to_harmless_rate"] == 0.0 and m["harmless_to_venomous_rate"] == 1.0
     assert m["macro_f1_ci95"]["low"] <= m["macro_f1"] <= m["macro_f1_ci95"]["high"]
+    assert m["openset"]["known_flagged_rate"] == 0.0 and m["openset"]["auroc"] is None
+
+
+def test_evaluate_measures_the_unknown_flag_on_held_out_species():
+    known = [{"taxon": s.name, "path": f"k{i}.jpg"} for i, s in enumerate(TAXA * 5)]  # 20
+    cobra = Species("Naja unknownensis", "Unknown Cobra", True)
+    rat = Species("Ptyas unknownensis", "Unknown Rat Snake", False)
+    unknown = [{"taxon": sp.name, "path": f"{sp.name}{i}.jpg"} for sp in (cobra, rat)
+               for i in range(4)]  # fmt: skip
+    harmless = next(i for i, s in enumerate(TAXA) if not s.venomous)
+    scores = {r["path"]: 0.1 * (i % 10) for i, r in enumerate(known)}  # 0.0 .. 0.9
+    # unknown cobras: 2 flagged (0.95), 2 not (0.2); all called a harmless species
+    scores |= {r["path"]: 0.95 if i % 2 else 0.2 for i, r in enumerate(unknown)}
+
+    def predict(batch):
+        out = np.full((len(batch), len(TAXA)), -4.0)
+        for k, r in enumerate(batch):
+            c = label_index(TAXA).get(r["taxon"], harmless)
+            out[k, c] = 4.0
+        return out, np.array([scores[r["path"]] for r in batch])
+
+    m = evaluate(
+        predict, known, known, TAXA, EvaluateConfig(bootstrap=100), seed=0,
+        calibration={"temperature": 1.0, "venomous_threshold": 0.5}, unknown_threshold=0.85,
+        unknown_rows=unknown, unknown_species=[cobra, rat],
+    ).metrics["openset"]  # fmt: skip
+    assert m["known_flagged_rate"] == pytest.approx(2 / 20)  # 0.9 twice
+    assert m["unknown_flagged_rate"] == pytest.approx(4 / 8)
+    assert m["dangerous_rate"] == pytest.approx(2 / 4)  # unflagged cobras called harmless
+    assert m["unknown_venomous_caught_rate"] == pytest.approx(2 / 4)
+    expected = np.mean([(u > k) + 0.5 * (u == k) for u in [0.95, 0.2] * 4
+                        for k in [0.1 * (i % 10) for i in range(20)]])  # fmt: skip
+    assert m["auroc"] == pytest.approx(expected)
+    assert m["per_unknown_species"][cobra.name] == {
+        "photos": 4, "flagged_rate": 0.5, "venomous": True
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +186,14 @@ def test_quantize_agreement_and_refusal(tmp_path):
     with torch.inference_mode():
         y = np.concatenate([tiny_net(len(SPECIES), None)(torch.from_numpy(x)).argmax(1).numpy()
                             for x in batches])  # fmt: skip
-    result, probs = compare(fp32, int8, batches, y, sorted(set(y.tolist())), threads=1)
-    assert probs.shape == (16, len(SPECIES))
+    threshold = json.loads((tmp_path / "model_meta.json").read_text())["decision"][
+        "unknown_threshold"
+    ]
+    result, probs, unknown = compare(
+        fp32, int8, batches, y, sorted(set(y.tolist())), threads=1, unknown_threshold=threshold
+    )
+    assert probs.shape == (16, len(SPECIES)) and unknown.shape == (16,)
+    assert 0.0 <= result["unknown_flag_agreement"] <= 1.0
     assert result["fp32"]["accuracy"] == 1.0  # y is the FP32 model's own prediction
     assert result["top1_agreement"] == pytest.approx(result["int8"]["accuracy"])
     assert result["size_ratio"] == int8.stat().st_size / fp32.stat().st_size  # (QDQ nodes outweigh

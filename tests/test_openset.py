@@ -17,6 +17,7 @@ from snakeid.openset import (
     Mahalanobis,
     MaxSoftmax,
     NearestNeighbour,
+    UnknownScore,
     auroc,
     fit_precision,
     fit_threshold,
@@ -188,3 +189,75 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
         assert c["size_mb"] >= 0.0, name
     md = out.with_suffix(".md").read_text()
     assert "| score |" in md and "msp" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployed score: fitted out of fold, a torch module, an ONNX output
+
+
+def _soft_logits(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """`_logits` tempered: a max softmax probability within float32's reach of 1."""
+    return _logits(x, centres) / 20
+
+
+def _fitted(seed: int = 0):
+    x, y, centres = _clusters(seed)
+    folds = np.arange(len(y)) % 5
+    return UnknownScore.fit(
+        x, x, _soft_logits(x, centres), bank_folds=folds, held_folds=folds, known_pass_rate=0.9
+    ), x, y, centres  # fmt: skip
+
+
+def test_unknown_score_threshold_passes_the_held_out_share() -> None:
+    score, x, _, centres = _fitted()
+    assert score.fit_report["held_flagged_rate"] <= 0.1 + 1e-9
+    far = np.full((5, x.shape[1]), 40.0, np.float32) * np.eye(x.shape[1], dtype=np.float32)[:5]
+    assert (score.score(far, _soft_logits(far, centres)) > score.threshold).all()
+
+
+def test_unknown_score_out_of_fold_excludes_the_photos_own_fold() -> None:
+    # Each photo duplicated in its own fold: with the fold excluded its nearest neighbour is
+    # another photo, so the held-out 1-NN distances are not all zero.
+    score, *_ = _fitted()
+    assert score.combined.parts[1].bank.shape[0] == 120  # the deployed bank: every photo
+    x, y, centres = _clusters(1)
+    folds = np.arange(len(y)) % 4
+    logits = _logits(x, centres)
+    fitted = UnknownScore.fit(x, x, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9)
+    assert fitted.combined.offset[1].min() > 1e-4  # mean 1-NN distance per class, out of fold
+
+
+def test_unknown_score_module_and_state_match_numpy() -> None:
+    import torch
+
+    score, x, _, centres = _fitted()
+    x = x + np.random.default_rng(1).normal(0, 0.3, x.shape).astype(np.float32)  # not the bank
+    logits = _soft_logits(x, centres)
+    again = UnknownScore.from_state(score.state())
+    assert again.threshold == score.threshold
+    with torch.inference_mode():
+        got = again.module()(torch.from_numpy(x), torch.from_numpy(logits.astype(np.float32)))
+    assert np.allclose(got.numpy(), score.score(x, logits), atol=1e-4)
+
+
+def test_onnx_unknown_score_and_threshold_equal_pytorch(tmp_path: Path) -> None:
+    import torch
+
+    from snakeid.export import ort_session, parity
+    from snakeid.predict import load_meta
+    from tiny_model import IMAGE_SIZE, build_tiny_model, tiny_unknown_score
+
+    path, model = build_tiny_model(tmp_path, favour=None)
+    rng = np.random.default_rng(0)
+    batches = [
+        (rng.uniform(-2, 2, (6, 3, 1, 1)) + rng.normal(0, 1, (6, 3, IMAGE_SIZE, IMAGE_SIZE)))
+        .astype(np.float32) for _ in range(2)
+    ]  # fmt: skip
+    result = parity(model, ort_session(path), batches)
+    assert result["max_abs_unknown_score_diff"] < 1e-3 and result["top1_agreement"] == 1.0
+    with torch.inference_mode():
+        _, ref = model(torch.from_numpy(batches[0]))
+    got = ort_session(path).run(["unknown_score"], {"input": batches[0]})[0]
+    threshold = load_meta(tmp_path / "model_meta.json").unknown_threshold
+    assert threshold == tiny_unknown_score(model.net, IMAGE_SIZE).threshold
+    assert ((got > threshold) == (ref.numpy() > threshold)).all()

@@ -40,6 +40,12 @@ SECTIONS = {
 }
 
 
+# The one setting of the demo project rather than of the library: it names a species of the
+# default species file (the demo holds it out to measure the unknown-species flag); a library
+# default naming a species would be an error with every other species file, so it is empty.
+DEMO_SETTINGS = {"split": {"unknown_species": ("Calliophis bivirgatus",)}}
+
+
 def test_every_params_section_has_its_config():
     assert set(PARAMS) == set(SECTIONS) | {"distributed"}  # distributed: read by dvc.yaml
 
@@ -48,7 +54,7 @@ def test_every_params_section_has_its_config():
 def test_params_yaml_holds_every_default(name):
     cls = SECTIONS[name]
     in_file = to_dict(section(PARAMS, name, cls))
-    defaults = to_dict(cls())
+    defaults = to_dict(cls()) | DEMO_SETTINGS.get(name, {})
     drift = {k: (defaults[k], in_file[k]) for k in defaults if defaults[k] != in_file[k]}
     assert not drift, f"{name}: dataclass default vs params.yaml: {drift}"
     written = _keys(PARAMS[name])

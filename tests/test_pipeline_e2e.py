@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from dvc_project import (
     reproduced,
     run,
 )
-from snakeid.evaluate import HEADLINE
+from snakeid.evaluate import HEADLINE, OPENSET_HEADLINE
 
 STAGES = {
     "download",
@@ -75,6 +76,9 @@ def test_metrics_are_a_small_set_of_headline_numbers(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     data = {path: m["data"] for path, m in next(iter(shown.values()))["data"].items()}
     assert set(data["metrics/evaluate.json"]) >= set(HEADLINE)
+    openset = data["metrics/evaluate.json"]["openset"]  # the held-out demo species, measured
+    assert set(openset) == set(OPENSET_HEADLINE) and 0 <= openset["auroc"] <= 1, openset
+    assert data["metrics/split.json"]["photos"]["unknown"] > 0
     for name in ("verify", "split", "export_onnx", "quantize"):
         assert data[f"metrics/{name}.json"], name
     for stage in ("train_head", "finetune"):  # DVCLive's summary
@@ -120,22 +124,29 @@ def test_onnx_models_agree_with_pytorch_on_test_photos(project):
     from snakeid.data import eval_transform, load_rgb
     from snakeid.manifest import read_manifest
     from snakeid.models import ModelConfig, deployed
+    from snakeid.openset import UnknownScore
 
     net, ckpt = load_checkpoint(project / "models/model_final.pt")
-    model = deployed(net, ckpt.temperature, ModelConfig())  # the val-fitted T, as exported
+    score = UnknownScore.from_checkpoint(ckpt)  # the val-fitted T and unknown score, as exported
+    model = deployed(net, ckpt.temperature, ModelConfig(), score.module())
     meta = json.loads((project / "models/model_meta.json").read_text())
+    assert meta["decision"]["unknown_threshold"] == score.threshold
     rows = read_manifest(project / "data/split/test.csv")
+    rows += read_manifest(project / "data/split/unknown.csv")  # held-out species too
     tf = eval_transform(meta["image_size"])
     x = torch.stack([tf(load_rgb(project / r["path"])) for r in rows])
     with torch.inference_mode():
-        ref = model(x).numpy()
+        ref, ref_u = (t.numpy() for t in model(x))
     fp32 = ort.InferenceSession(str(project / "models/model_fp32.onnx"))
-    got = fp32.run(["logits"], {"input": x.numpy()})[0]
-    assert np.abs(got - ref).max() < 1e-3
+    got, got_u = fp32.run(["logits", "unknown_score"], {"input": x.numpy()})
+    assert np.abs(got - ref).max() < 1e-3 and np.abs(got_u - ref_u).max() < 1e-3
     assert (got.argmax(1) == ref.argmax(1)).all()
+    # the flag: equal but for scores within float32 rounding of the threshold
+    near = np.abs(ref_u - score.threshold) < 1e-3
+    assert ((got_u > score.threshold) == (ref_u > score.threshold))[~near].all()
     int8 = ort.InferenceSession(str(project / "models/model_int8.onnx"))
-    q = int8.run(["logits"], {"input": x.numpy()})[0]
-    assert q.shape == ref.shape and np.isfinite(q).all()
+    q, q_u = int8.run(["logits", "unknown_score"], {"input": x.numpy()})
+    assert q.shape == ref.shape and np.isfinite(q).all() and np.isfinite(q_u).all()
     quant = json.loads((project / "metrics/quantize.json").read_text())  # headline
     assert quant["top1_agreement"] == pytest.approx((q.argmax(1) == got.argmax(1)).mean())
 
@@ -170,9 +181,7 @@ def test_independent_script_reproduces_int8_predictions(project):
 @pytest.mark.slow
 def test_snakeid_predict_matches_the_reported_int8_predictions(project):
     """`snakeid predict` on the test photos prints what `quantize` reported for them: the same
-    top-1 and the same "possibly venomous" rule."""
-    import csv
-
+    top-1, "possibly venomous" rule and unknown-species flag."""
     with open(project / "plots/predictions_int8.csv", newline="") as f:
         reported = {r["path"]: r for r in csv.DictReader(f)}
     out = run(
@@ -183,7 +192,44 @@ def test_snakeid_predict_matches_the_reported_int8_predictions(project):
     for path, r in printed.items():
         assert r["species_1"] == reported[path]["predicted"], path
         assert _flag(r["possibly_venomous"]) == _flag(reported[path]["possibly_venomous"]), path
+        assert _flag(r["unknown"]) == _flag(reported[path]["unknown"]), path
+        assert float(r["unknown_score"]) == pytest.approx(float(reported[path]["unknown_score"]),
+                                                          abs=1e-5)  # fmt: skip
     assert {r["possibly_venomous"] for r in reported.values()} == {"0", "1"}  # both cases seen
+
+
+def _far_out_of_distribution(path: Path) -> Path:
+    """A photo of no snake at all: a checkerboard of saturated colours."""
+    from PIL import Image
+
+    tiles = np.indices((8, 8)).sum(0) % 2  # (8, 8) of 0/1
+    colours = np.array([[255, 0, 255], [0, 255, 0]], np.uint8)
+    image = colours[np.kron(tiles, np.ones((40, 40), int))]
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_predict_and_serve_say_a_non_snake_is_not_a_known_species(project, tmp_path):
+    import httpx
+
+    from tiny_model import running_server
+
+    pattern = _far_out_of_distribution(tmp_path / "checkerboard.png")
+    model = project / "models/model_int8.onnx"
+    out = run(
+        [str(BIN / "snakeid"), "predict", str(pattern), "--model", str(model), "--format", "csv"],
+        project,
+    ).stdout
+    (row,) = csv.DictReader(out.splitlines())
+    assert _flag(row["unknown"]) and _flag(row["possibly_venomous"]), row
+    with running_server(model, tmp_path) as url:
+        files = {"file": ("checkerboard.png", pattern.read_bytes(), "image/png")}
+        body = httpx.post(f"{url}/predict", files=files, timeout=30).json()
+    n = len(json.loads((project / "models/model_meta.json").read_text())["species"])
+    assert body["unknown"] is True and body["possibly_venomous"] is True
+    assert body["message"] == f"Not one of the {n} species this model knows"
+    assert len(body["predictions"]) == 3  # the closest species are still listed
 
 
 def _flag(value: str) -> bool:

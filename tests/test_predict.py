@@ -57,11 +57,19 @@ def test_probabilities_match_the_torch_model(model_dir: tuple[Path, object], pho
         x = torch.stack(
             [eval_transform(predictor.meta.preprocess.crop)(load_rgb(p)) for p in paths]
         )
-        expected = torch.softmax(net(x), dim=1).numpy()
+        logits, unknown = net(x)
+        expected = torch.softmax(logits, dim=1).numpy()
     results = predictor.predict_images([Image.open(p) for p in paths], top_k=len(SPECIES))
     for row, result in zip(expected, results, strict=True):
         got = {p.species: p.probability for p in result.predictions}
         assert np.allclose([got[s["name"]] for s in SPECIES], row, atol=1e-5)
+    # the unknown score on the same arrays (the tiny net's score scale magnifies the ~1e-6
+    # differences between PIL's and torchvision's resizing)
+    for score, result in zip(
+        unknown.numpy(), predictor.predict_arrays(list(x.numpy())), strict=True
+    ):
+        assert result.unknown_score == pytest.approx(float(score), rel=1e-4, abs=1e-4)
+        assert result.unknown == (score > predictor.meta.unknown_threshold)
 
 
 def test_batching_does_not_change_results(model_dir: tuple[Path, object], photos: Path) -> None:
@@ -80,12 +88,18 @@ def test_batching_does_not_change_results(model_dir: tuple[Path, object], photos
 def test_decision_flags(model_dir: tuple[Path, object]) -> None:
     predictor = Predictor(model_dir[0], low_confidence=0.5, venomous_threshold=0.5)
     # Species 0 and 2 are venomous.
-    sure_harmless = predictor.summarise(np.array([0.05, 0.9, 0.03, 0.02]), 3)
+    known = predictor.meta.unknown_threshold - 1.0  # an unknown score under the threshold
+    sure_harmless = predictor.summarise(np.array([0.05, 0.9, 0.03, 0.02]), known, 3)
     assert not sure_harmless.low_confidence and not sure_harmless.possibly_venomous
-    split = predictor.summarise(np.array([0.3, 0.4, 0.3, 0.0]), 3)
+    assert not sure_harmless.unknown
+    split = predictor.summarise(np.array([0.3, 0.4, 0.3, 0.0]), known, 3)
     assert split.low_confidence and split.possibly_venomous
     assert split.predictions[0].species == "Ptyas korros"
     assert split.venomous_probability == pytest.approx(0.6)
+    # a species the model does not know: the closest is still listed, and it may be venomous
+    unknown = predictor.summarise(np.array([0.05, 0.9, 0.03, 0.02]), known + 2.0, 3)
+    assert unknown.unknown and unknown.possibly_venomous
+    assert unknown.predictions[0].species == "Ptyas korros"
 
 
 def test_top_k_bounds(model_dir: tuple[Path, object]) -> None:
@@ -158,6 +172,8 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
         "venomous_probability",
         "possibly_venomous",
         "low_confidence",
+        "unknown_score",
+        "unknown",
         "error",
         "synthetic",
     }
@@ -197,6 +213,8 @@ def test_cli_csv_is_one_row_per_photo(model_dir, photos, capsys) -> None:
         "venomous_probability",
         "possibly_venomous",
         "low_confidence",
+        "unknown_score",
+        "unknown",
         "error",
     ]
     assert [Path(r["path"]).name for r in rows] == ["b.jpg", "broken.png", "c.jpg"]
@@ -230,6 +248,8 @@ def test_cli_csv_long_is_one_row_per_rank(model_dir, photos, capsys) -> None:
         "venomous_probability",
         "possibly_venomous",
         "low_confidence",
+        "unknown_score",
+        "unknown",
         "error",
     ]
     ok = [r for r in rows if not r["error"]]
@@ -254,12 +274,31 @@ def test_cli_table_is_aligned_and_marks_venomous(tmp_path, photos, capsys) -> No
     code, out, _ = run_cli(capsys, "predict", str(photos), "--model", str(model))
     assert code == 1  # broken.png
     lines = out.splitlines()
-    assert lines[0].split() == ["PATH", "#", "SPECIES", "COMMON", "NAME", "PROB", "VENOMOUS"]
+    header = ["PATH", "#", "SPECIES", "COMMON", "NAME", "PROB", "VENOMOUS", "UNKNOWN_SCORE"]
+    assert lines[0].split() == header
     first = next(line for line in lines if line.startswith(str(photos / "a.JPG")))
-    assert "Naja kaouthia" in first and "Monocled Cobra" in first and first.endswith("VENOMOUS")
+    assert "Naja kaouthia" in first and "Monocled Cobra" in first and "VENOMOUS" in first
     assert first.index("Naja") == lines[0].index("SPECIES")  # columns line up
+    assert first.index("VENOMOUS") == lines[0].index("VENOMOUS")
+    float(first[lines[0].index("UNKNOWN_SCORE") :].split()[0])  # the score, on rank 1
     assert any("possibly venomous" in line for line in lines)
+    assert not any("Not one of" in line for line in lines)  # the default threshold: known
     assert any("broken.png" in line and "error:" in line for line in lines)
+
+
+def test_cli_says_when_a_photo_is_not_a_species_it_knows(tmp_path, photos, capsys) -> None:
+    # a threshold under every score: every photo is flagged unknown
+    model, _ = build_tiny_model(tmp_path, favour=1, decision={"unknown_threshold": -1e9})
+    code, out, _ = run_cli(capsys, "predict", str(photos / "b.jpg"), "--model", str(model))
+    assert code == 0
+    assert "UNKNOWN" in out.splitlines()[1]
+    assert "Not one of the 4 species this model knows" in out
+    assert "Ptyas korros" in out  # the closest species is still listed
+    args = [str(photos / "b.jpg"), "--model", str(model), "--format", "csv"]
+    code, out, _ = run_cli(capsys, "predict", *args)
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert row["unknown"] == "true" and row["possibly_venomous"] == "true"  # harmless top-1
+    assert row["species_1"] == "Ptyas korros" and float(row["unknown_score"]) > -1e9
 
 
 def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:

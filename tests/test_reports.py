@@ -75,6 +75,14 @@ def _evaluation() -> dict:
             "venomous_missed_rate": 0.05,
             "harmless_flagged_rate": 0.3,
         },
+        "openset": {
+            "threshold": 1.5,
+            "auroc": 0.8,
+            "unknown_flagged_rate": 0.4,
+            "known_flagged_rate": 0.05,
+            "dangerous_rate": 0.25,
+            "unknown_venomous_caught_rate": 0.9,
+        },
         "n_test": 10,
         "per_species": {
             "Naja kaouthia": {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 4},
@@ -84,8 +92,12 @@ def _evaluation() -> dict:
 
 def test_headline_keeps_only_the_review_numbers():
     got = headline(_evaluation())
-    assert set(got) == {*HEADLINE, "venomous_rule"}
+    assert set(got) == {*HEADLINE, "venomous_rule", "openset"}
     assert got["venomous_rule"] == {"venomous_missed_rate": 0.05, "harmless_flagged_rate": 0.3}
+    assert got["openset"] == {
+        "auroc": 0.8, "unknown_flagged_rate": 0.4, "known_flagged_rate": 0.05,
+        "dangerous_rate": 0.25,
+    }  # fmt: skip
     assert per_species_rows(_evaluation()) == [
         {"species": "Naja kaouthia", "precision": 1.0, "recall": 0.5, "f1": 0.666667, "support": 4}
     ]
@@ -103,6 +115,10 @@ def _split(tmp_path: Path, source: str) -> Path:
             w = csv.writer(f)
             w.writerow(["photo_id", "taxon", "source"])
             w.writerows([f"{part}-{t}-{i}", t, source] for t, i in rows)
+    with open(split / "unknown.csv", "w", newline="") as f:  # a species held out as unknown
+        csv.writer(f).writerows(
+            [["photo_id", "taxon", "source"], ["u-0", "Naja sputatrix", source]]
+        )
     return split
 
 
@@ -116,14 +132,20 @@ def test_provenance_and_model_card(tmp_path, source):
         "Ptyas mucosa": {"train": 2, "val": 1, "test": 0},
     }
     assert data["manifest_sha256"]["val"] == sha256_file(split / "val.csv")
+    assert data["held_out_species"] == {"Naja sputatrix": 1}
+    assert data["manifest_sha256"]["unknown"] == sha256_file(split / "unknown.csv")
     meta = {
         "backbone": "efficientnet_lite0",
         "species": [{"name": s.name, "common": s.common, "venomous": s.venomous} for s in SPECIES],
         "params_digest": "ab" * 32,
         "data": data,
         "evaluation": headline(_evaluation()),
+        "unknown_score": {"score": "msp+knn1_per_class", "known_pass_rate": 0.95},
     }
     card = model_card(meta)
+    assert "| known-species photos flagged unknown | 5.0% | |" in card
+    assert "| unknown vs known AUROC | 0.800 | |" in card
+    assert "*Naja sputatrix* (1)" in card
     assert "Not for medical decisions" in card
     assert "| *Naja kaouthia* | Monocled Cobra | yes | 3 | 1 | 1 |" in card
     assert "| macro-F1 | 0.700 | 0.500–0.900 |" in card

@@ -66,6 +66,9 @@ def test_predict_returns_top_k_with_the_documented_keys(client: TestClient, phot
         "low_confidence",
         "possibly_venomous",
         "venomous_probability",
+        "unknown_score",
+        "unknown",
+        "message",
         "model",
     }
     preds = body["predictions"]
@@ -77,6 +80,20 @@ def test_predict_returns_top_k_with_the_documented_keys(client: TestClient, phot
     assert preds[0]["species"] == SPECIES[0]["name"] and preds[0]["venomous"] is True
     assert body["possibly_venomous"] is True and body["low_confidence"] is False
     assert body["model"]["sha256"] == client.get("/health").json()["model_sha256"]
+    threshold = body["model"]["unknown_threshold"]
+    assert body["unknown"] is (body["unknown_score"] > threshold)
+    assert body["message"] is None if not body["unknown"] else body["message"].startswith("Not")
+
+
+def test_a_species_the_model_does_not_know_is_said_so(tmp_path: Path, photo: bytes) -> None:
+    # a threshold under every score: every photo is flagged unknown
+    model, _ = build_tiny_model(tmp_path, favour=1, decision={"unknown_threshold": -1e9})
+    body = upload(TestClient(create_app(model)), photo).json()
+    assert body["unknown"] is True
+    assert body["message"] == "Not one of the 4 species this model knows"
+    assert body["predictions"][0]["species"] == SPECIES[1]["name"]  # the closest, still listed
+    assert body["predictions"][0]["venomous"] is False
+    assert body["possibly_venomous"] is True  # an unknown snake may be venomous
 
 
 def test_low_confidence_threshold_comes_from_the_flag(model: Path, photo: bytes) -> None:

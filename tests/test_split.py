@@ -235,3 +235,46 @@ def test_fractions_that_leave_a_split_empty_are_refused() -> None:
     cfg = SplitConfig(train=0.85, val=0.15, test=0.0)
     with pytest.raises(UserError, match=r"no photo in the test split: .*raise split.test"):
         assign_splits(rows, SPECIES[:1], cfg, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unknown_species_never_reach_train_or_val(seed: int, tmp_path: Path) -> None:
+    rows = synthetic(seed, min_obs=3)
+    # a source split on one held-out species must not smuggle it into train either
+    held = [SPECIES[1].name, SPECIES[2].name]
+    rows = [r | {"split": "train"} if r["taxon"] == held[1] else r for r in rows]
+    rows = [r | {"split": r["split"] or "val"} if r["taxon"] == SPECIES[3].name else r
+            for r in rows]  # fmt: skip
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    with open(clean / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, CLEAN_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    cfg = SplitConfig(train=0.6, val=0.2, test=0.2, unknown_species=tuple(held))
+    result = run(clean, tmp_path / "split", SPECIES, cfg, seed)
+    for x in SPLITS:
+        with open(tmp_path / "split" / f"{x}.csv") as f:
+            taxa = {r["taxon"] for r in csv.DictReader(f)}
+        assert not taxa & set(held), x
+    with open(tmp_path / "split" / "unknown.csv") as f:
+        unknown = list(csv.DictReader(f))
+    assert sorted(r["photo_id"] for r in unknown) == sorted(
+        r["photo_id"] for r in rows if r["taxon"] in held
+    )  # every photo of theirs, and only there
+    assert {r["split"] for r in unknown} == {"test"}
+    assert result.metrics["photos"]["unknown"] == len(unknown)
+    assert set(result.metrics["unknown_species"]) == set(held)
+    assert set(result.metrics["per_species"]) == {s.name for s in SPECIES} - set(held)
+
+
+def test_unknown_species_must_be_in_the_species_file() -> None:
+    rows = [clean_row(f"p{i}", SPECIES[i % 3].name, f"o{i}") for i in range(30)]
+    cfg = SplitConfig(unknown_species=("Naja nonexistens",))
+    with pytest.raises(UserError, match=r"'Naja nonexistens' is not in the species file"):
+        assign_splits(rows, SPECIES, cfg, seed=0)
+    everything_but_one = tuple(s.name for s in SPECIES[1:])
+    with pytest.raises(UserError, match="at least 2 known"):
+        assign_splits(rows, SPECIES, SplitConfig(unknown_species=everything_but_one), seed=0)
+    with pytest.raises(ParamsError, match="split.unknown_species: expected a list"):
+        section({"split": {"unknown_species": "Genus species1"}}, "split", SplitConfig)

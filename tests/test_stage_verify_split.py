@@ -98,7 +98,9 @@ def test_verify_then_split(project: Path) -> None:
     split = json.loads((project / "reports" / "split.json").read_text())
     assert split["photos"]["total"] == 10
     headline = json.loads((project / "metrics" / "split.json").read_text())
-    assert headline == {"photos": {k: split["photos"][k] for k in ("train", "val", "test")}}
+    keys = ("train", "val", "test", "unknown")
+    assert headline == {"photos": {k: split["photos"][k] for k in keys}}
+    assert split["photos"]["unknown"] == 0  # no species held out in these params
     assert split["missing_species"] == ["Daboia siamensis"]
     n = 0
     for x in SPLITS:

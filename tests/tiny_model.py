@@ -44,23 +44,56 @@ NO_TORCH_MAIN = (
 
 
 def tiny_net(n_classes: int, favour: int | None, seed: int = 0) -> Any:
-    """A random conv net, (N, 3, S, S) -> (N, n_classes); `favour` wins for any photo."""
+    """A random conv net, (N, 3, S, S) -> (N, n_classes); `favour` wins for any photo. It has
+    the `embed` / `head` halves of `snakeid.models.SnakeNet` that `DeployedModel` calls."""
     import torch
     from torch import nn
 
+    class TinyNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            )
+            self.classifier = nn.Linear(8, n_classes)
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return self.features(x)
+
+        def head(self, z: torch.Tensor) -> torch.Tensor:
+            return self.classifier(z)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(x))
+
     torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, n_classes),
-    )
+    net = TinyNet()
     if favour is not None:
         # Tests (the browser one especially) then know what the page must show.
         with torch.no_grad():
-            net[-1].bias[favour] += 3.0
+            net.classifier.bias[favour] += 3.0
     return net.eval()
+
+
+def tiny_unknown_score(net: Any, image_size: int, photos: int = 24) -> Any:
+    """The library's unknown-species score fitted on the tiny net's features of random
+    colour fields (3 folds, as a refitted probe's out-of-fold photos). Demo photos would all
+    point the same way in the tiny net's 8-d feature space and make the score's scale blow up."""
+    import torch
+
+    from snakeid.openset import UnknownScore
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-2, 2, (photos, 3, 1, 1)) + rng.normal(
+        0, 1, (photos, 3, image_size, image_size)
+    )
+    with torch.inference_mode():
+        z = net.embed(torch.from_numpy(x.astype(np.float32)))
+        logits = net.head(z).numpy()
+    folds = np.arange(photos) % 3
+    return UnknownScore.fit(
+        z.numpy(), z.numpy(), logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.95
+    )
 
 
 def build_tiny_model(
@@ -76,24 +109,31 @@ def build_tiny_model(
     """Write `model_fp32.onnx` (and `model_int8.onnx` if asked) + `model_meta.json` with the
     library's exporter, `model_meta` and quantizer, as the pipeline's stages do.
 
-    `decision` sets the thresholds (default 0.5 each); `data_source` ("demo-synthetic",
-    "folder", ...) becomes the meta's `data.source`. Returns (path of the model to use, the
-    torch module) so tests can compare outputs.
+    `decision` sets the thresholds (default 0.5 each, and the fitted unknown threshold);
+    `data_source` ("demo-synthetic", "folder", ...) becomes the meta's `data.source`. Returns
+    (path of the model to use, the deployed torch module) so tests can compare outputs.
     """
-    meta = tiny_meta(species, image_size, decision=decision, data_source=data_source)
+    from snakeid.models import DeployedModel
+
     net = tiny_net(len(species), favour)
+    score = tiny_unknown_score(net, image_size)
+    model = DeployedModel(net, openset=score.module()).eval()  # type: ignore[arg-type]
+    meta = tiny_meta(
+        species, image_size, decision=decision, data_source=data_source,
+        unknown_score=score.describe(),
+    )  # fmt: skip
     fp32 = out_dir / "model_fp32.onnx"
-    export_onnx(net, fp32, image_size, opset=17)
+    export_onnx(model, fp32, image_size, opset=17)
     (out_dir / "model_meta.json").write_text(json.dumps(meta, indent=2))
     if not quantize:
-        return fp32, net
+        return fp32, model
     int8 = out_dir / "model_int8.onnx"
     rng = np.random.default_rng(0)
     calibration = [
         rng.standard_normal((1, 3, image_size, image_size), np.float32) for _ in range(8)
     ]
     run_quantize(fp32, int8, QuantizeConfig(keep_edges_fp32=False), calibration)
-    return int8, net
+    return int8, model
 
 
 def tiny_meta(
@@ -102,9 +142,14 @@ def tiny_meta(
     *,
     decision: dict[str, float] | None = None,
     data_source: str | None = None,
+    unknown_score: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`snakeid.export.model_meta` of a checkpoint-like record of the tiny net."""
+    """`snakeid.export.model_meta` of a checkpoint-like record of the tiny net; `unknown_score`
+    is `UnknownScore.describe()` (default: a score whose threshold flags nothing)."""
     decision = {"low_confidence_threshold": 0.5, "venomous_threshold": 0.5} | (decision or {})
+    unknown_score = dict(unknown_score or {"score": "none", "threshold": 1e9})
+    if "unknown_threshold" in decision:
+        unknown_score["threshold"] = decision["unknown_threshold"]
     ckpt = Checkpoint(
         state_dict={},
         species=[dict(s) for s in species],
@@ -118,10 +163,13 @@ def tiny_meta(
         metrics={},
         calibration={"temperature": 1.0, "venomous_threshold": decision["venomous_threshold"]},
         holdout=None,
+        openset=None,
     )
     cfg = ExportConfig(low_confidence_threshold=decision["low_confidence_threshold"])
     data = {} if data_source is None else {"source": data_source}
-    return model_meta(ckpt, cfg, tta_flip=False, data=data, evaluation={})
+    return model_meta(
+        ckpt, cfg, tta_flip=False, unknown_score=unknown_score, data=data, evaluation={}
+    )
 
 
 def demo_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:

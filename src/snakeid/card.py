@@ -15,19 +15,23 @@ from typing import Any
 
 from snakeid.manifest import SPLITS, read_manifest
 from snakeid.predict import SYNTHETIC_SOURCE
+from snakeid.split import UNKNOWN
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 
 
 def data_provenance(split_dir: Path, species: Sequence[Species]) -> dict[str, Any]:
-    """Where the photos came from, how many per species and split, and the manifests' hashes."""
-    rows = {s: read_manifest(split_dir / f"{s}.csv") for s in SPLITS}
+    """Where the photos came from, how many per species and split, the photos of species held
+    out as unknown (`split.unknown_species`), and the manifests' hashes."""
+    manifests = (*SPLITS, UNKNOWN)
+    rows = {s: read_manifest(split_dir / f"{s}.csv") for s in manifests}
     sources = sorted({r["source"] for part in rows.values() for r in part})
     counts = {s: Counter(r["taxon"] for r in part) for s, part in rows.items()}
     return {
         "source": "+".join(sources),  # demo-synthetic | folder | inat (one per photo)
         "photos": {sp.name: {s: counts[s][sp.name] for s in SPLITS} for sp in species},
-        "manifest_sha256": {s: sha256_file(split_dir / f"{s}.csv") for s in SPLITS},
+        "held_out_species": dict(sorted(counts[UNKNOWN].items())),  # photos, test only
+        "manifest_sha256": {s: sha256_file(split_dir / f"{s}.csv") for s in manifests},
     }
 
 
@@ -37,7 +41,9 @@ def model_card(meta: dict[str, Any]) -> str:
     species = meta["species"]
     n_venomous = sum(s["venomous"] for s in species)
     totals = {s: sum(p[s] for p in data["photos"].values()) for s in SPLITS}
-    rule = ev["venomous_rule"]
+    rule, openset = ev["venomous_rule"], ev["openset"]
+    unknown = meta["unknown_score"]
+    held_out = ", ".join(f"*{k}* ({v})" for k, v in data["held_out_species"].items()) or "none"
     lines = [
         f"# snakeid model card: {meta['backbone']}",
         "",
@@ -52,12 +58,15 @@ def model_card(meta: dict[str, Any]) -> str:
         "## Intended use",
         "",
         f"Suggests which of {len(species)} snake species ({n_venomous} venomous) a photo "
-        'shows, with a "possibly venomous" flag, to help people who photograph snakes and '
-        "the field apps and clinics that support them.",
+        'shows, with a "possibly venomous" flag and a "not one of the species this model '
+        'knows" flag, to help people who photograph snakes and the field apps and clinics '
+        "that support them.",
         "",
         "**Not for medical decisions.** Treat every snakebite as an emergency whatever the "
-        "model says. The model only knows the species below; a snake of any other species is "
-        "still named as one of them.",
+        "model says. The model only knows the species below. A photo whose unknown-species "
+        f"score (`{unknown['score']}`) is above its threshold is flagged as none of them, and "
+        "counts as possibly venomous; a snake of another species that is not flagged is still "
+        "named as one of them.",
         "",
         "## Data",
         "",
@@ -65,6 +74,7 @@ def model_card(meta: dict[str, Any]) -> str:
         f"{totals['train']} / {totals['val']} / {totals['test']}, split by observation.",
         "- Manifests (sha256): "
         + ", ".join(f"{s} `{h[:16]}`" for s, h in data["manifest_sha256"].items()),
+        f"- Held out of training as unknown species (photos, test only): {held_out}",
         f"- Params digest: `{meta['params_digest'][:16]}`",
         "",
         "## Test metrics",
@@ -85,6 +95,11 @@ def model_card(meta: dict[str, Any]) -> str:
         f"| venomous called a harmless species | {_rate(ev['venomous_to_harmless_rate'])} | |",
         f'| venomous not flagged "possibly venomous" | {_rate(rule["venomous_missed_rate"])} | |',
         f'| harmless flagged "possibly venomous" | {_rate(rule["harmless_flagged_rate"])} | |',
+        f"| known-species photos flagged unknown | {_rate(openset['known_flagged_rate'])} | |",
+        f"| held-out-species photos flagged unknown | {_rate(openset['unknown_flagged_rate'])} | |",
+        f"| unknown vs known AUROC | {_num(openset['auroc'])} | |",
+        f"| held-out venomous called a known harmless species, unflagged | "
+        f"{_rate(openset['dangerous_rate'])} | |",
         "",
         "## Species",
         "",
@@ -101,7 +116,9 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Known limits",
         "",
-        f"- Closed set: only these {len(species)} species.",
+        f"- Only these {len(species)} species are named. The unknown-species flag passes "
+        f"{unknown['known_pass_rate']:.0%} of held-out known-species photos by construction, "
+        "and catches only part of the others: see the rows above.",
         f"- Small test set ({totals['test']} photos): read the intervals, not the point values.",
         "- Metrics are the FP32 model's; the INT8 model's agreement with it is in "
         "`metrics/quantize.json`.",
@@ -112,3 +129,7 @@ def model_card(meta: dict[str, Any]) -> str:
 
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

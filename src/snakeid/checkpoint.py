@@ -17,8 +17,9 @@ from snakeid.errors import UserError
 from snakeid.models import ModelConfig, SnakeNet, build_model
 from snakeid.taxa import Species
 
-FORMAT = "snakeid-checkpoint/2"  # 2: several backbones, trunk sizes
-HOLDOUT_KEYS = {"logits", "labels", "source"}
+FORMAT = "snakeid-checkpoint/3"  # 2: several backbones, trunk sizes; 3: unknown-species score
+HOLDOUT_KEYS = {"logits", "labels", "source", "folds"}
+OPENSET_KEYS = {"score", "threshold", "known_pass_rate", "arrays", "fit"}
 CALIBRATION_KEYS = {"temperature", "venomous_threshold"}
 
 
@@ -37,9 +38,12 @@ class Checkpoint:
     # temperature and venomous threshold (fitted by finetune; 1.0 / 0.5 for the head) plus
     # whatever the fit reports
     calibration: dict[str, Any]
-    # logits (N, C), labels (N,) and source of photos the weights were not fitted on, from which
-    # finetune fits the calibration (`snakeid.train.Holdout`); None once calibrated
+    # logits (N, C), labels (N,), source and out-of-fold folds (N,) or None of photos the
+    # weights were not fitted on, from which finetune fits the calibration and the unknown-species
+    # score (`snakeid.train.Holdout`); None once calibrated
     holdout: dict[str, Any] | None
+    # the fitted unknown-species score (`snakeid.openset.UnknownScore.state`): set by finetune
+    openset: dict[str, Any] | None
 
     @property
     def temperature(self) -> float:
@@ -75,6 +79,8 @@ class Checkpoint:
             raise UserError(f"{path}: checkpoint calibration lacks {missing}")
         if self.holdout is not None and (missing := sorted(HOLDOUT_KEYS - set(self.holdout))):
             raise UserError(f"{path}: checkpoint holdout lacks {missing}")
+        if self.openset is not None and (missing := sorted(OPENSET_KEYS - set(self.openset))):
+            raise UserError(f"{path}: checkpoint openset lacks {missing}")
         if len(self.backbone) != len(self.trunk_sizes):
             raise UserError(
                 f"{path}: {len(self.backbone)} backbones but {len(self.trunk_sizes)} sizes"
@@ -103,6 +109,7 @@ def save_checkpoint(
     metrics: dict[str, Any],
     calibration: dict[str, Any] | None = None,
     holdout: dict[str, Any] | None = None,
+    openset: dict[str, Any] | None = None,
 ) -> None:
     """Save `model`'s weights with their provenance (see `Checkpoint`)."""
     Checkpoint(
@@ -118,6 +125,7 @@ def save_checkpoint(
         metrics=metrics,
         calibration=calibration or {"temperature": 1.0, "venomous_threshold": 0.5},
         holdout=holdout,
+        openset=openset,
     ).save(path)
 
 

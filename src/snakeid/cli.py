@@ -44,8 +44,12 @@ exit status:
 
 csv: one row per photo, the top-k in columns (species_1, common_name_1,
 venomous_1, probability_1, species_2, ...), then venomous_probability,
-possibly_venomous, low_confidence and error. --long: one row per (photo, rank)
-instead, with the same per-photo columns."""
+possibly_venomous, low_confidence, unknown_score, unknown and error. --long:
+one row per (photo, rank) instead, with the same per-photo columns.
+
+unknown: the photo is not one of the species the model knows (its unknown score
+is above the threshold fitted on held-out photos of known species); the closest
+species are still listed, and an unknown snake counts as possibly venomous."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -269,11 +273,14 @@ class TableWriter:
         self.pw = max([len("PATH"), *(len(str(p)) for p in paths)])
         self.sw = max(len(s.name) for s in predictor.species)
         self.cw = max(len("COMMON NAME"), *(len(s.common) for s in predictor.species))
-        self._line("PATH", "#", "SPECIES", "COMMON NAME", "PROB", "VENOMOUS")
+        self.message = predictor.unknown_message
+        self._line("PATH", "#", "SPECIES", "COMMON NAME", "PROB", "VENOMOUS", "UNKNOWN_SCORE")
 
-    def _line(self, path: str, rank: str, species: str, common: str, prob: str, venom: str) -> None:
+    def _line(
+        self, path: str, rank: str, species: str, common: str, prob: str, venom: str, score: str
+    ) -> None:
         cells = f"{path:<{self.pw}}  {rank:>2}  {species:<{self.sw}}  {common:<{self.cw}}"
-        print(f"{cells}  {prob:>6}  {venom}".rstrip(), file=self.out)
+        print(f"{cells}  {prob:>6}  {venom:<8}  {score}".rstrip(), file=self.out)
 
     def _note(self, text: str) -> None:
         print(f"{'':<{self.pw}}  {'':>2}  ! {text}", file=self.out)
@@ -287,7 +294,10 @@ class TableWriter:
                 p.common_name,
                 f"{100 * p.probability:.1f}%",
                 "VENOMOUS" if p.venomous else "",
+                f"{r.unknown_score:.3f}" + (" UNKNOWN" if r.unknown else "") if rank == 1 else "",
             )
+        if r.unknown:
+            self._note(f"{self.message}: the species above are only the closest ones")
         if r.possibly_venomous:
             self._note(
                 f"possibly venomous: {100 * r.venomous_probability:.0f}% on venomous species"
@@ -322,11 +332,19 @@ class JsonWriter:
             "low_confidence": None,
             "possibly_venomous": None,
             "venomous_probability": None,
+            "unknown_score": None,
+            "unknown": None,
         }
         self._write(path, {**empty, "error": message})
 
 
-PHOTO_COLUMNS = ("venomous_probability", "possibly_venomous", "low_confidence")
+PHOTO_COLUMNS = (
+    "venomous_probability",
+    "possibly_venomous",
+    "low_confidence",
+    "unknown_score",
+    "unknown",
+)
 RANK_COLUMNS = ("species", "common_name", "venomous", "probability")
 
 
@@ -336,7 +354,13 @@ def _bool(value: bool) -> str:
 
 def _photo_cells(r: ImageResult) -> list[str]:
     """The per-photo decisions, in PHOTO_COLUMNS order."""
-    return [f"{r.venomous_probability:.6f}", _bool(r.possibly_venomous), _bool(r.low_confidence)]
+    return [
+        f"{r.venomous_probability:.6f}",
+        _bool(r.possibly_venomous),
+        _bool(r.low_confidence),
+        f"{r.unknown_score:.6f}",
+        _bool(r.unknown),
+    ]
 
 
 def _rank_cells(p: Prediction) -> list[str]:

@@ -111,16 +111,19 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 class SplitDataset(Dataset):
-    """Photos of one split manifest (`data/split/<split>.csv`), labelled by species order."""
+    """Photos of one split manifest (`data/split/<split>.csv`), labelled by species order (or
+    -1 with `species` None: photos of species the model does not know)."""
 
-    def __init__(self, rows: Sequence[dict[str, str]], species: Sequence[Species], transform: Any):
-        index = label_index(species)
+    def __init__(
+        self, rows: Sequence[dict[str, str]], species: Sequence[Species] | None, transform: Any
+    ):
+        index = label_index(species or [])
         unknown = sorted({r["taxon"] for r in rows} - set(index))
-        if unknown:
+        if unknown and species is not None:
             raise ValueError(f"manifest has species not in the species file: {', '.join(unknown)}")
         self.rows = list(rows)
         self.paths = [r["path"] for r in self.rows]
-        self.labels = [index[r["taxon"]] for r in self.rows]
+        self.labels = [index.get(r["taxon"], -1) for r in self.rows]
         self.transform = transform
 
     @classmethod

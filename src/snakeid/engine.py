@@ -30,7 +30,7 @@ def prefix_engine(
     prefix: nn.Module, engine: str, device: str, image_size: int
 ) -> Iterator[Callable[[torch.Tensor], np.ndarray]]:
     """The frozen `prefix` (eval mode, no autograd) as a function: images (B, 3, H, W) float32
-    → features float32 numpy.
+    → features float32 numpy (a tuple of arrays for a module with several outputs).
 
     `onnxruntime` runs an FP32 ONNX export of the prefix (graph optimisations on, this
     process's torch thread count); `torch` runs it eagerly in channels_last on `device`, and
@@ -43,14 +43,17 @@ def prefix_engine(
         @torch.inference_mode()
         def run_torch(x: torch.Tensor) -> np.ndarray:
             x = x.to(device).contiguous(memory_format=torch.channels_last)
-            return prefix(x).float().cpu().numpy()
+            out = prefix(x)
+            if isinstance(out, tuple):
+                return tuple(o.float().cpu().numpy() for o in out)
+            return out.float().cpu().numpy()
 
         try:
             yield run_torch
         finally:
             prefix.to("cpu").to(memory_format=torch.contiguous_format)
         return
-    from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
+    from snakeid.export import INPUT_NAME, export_onnx, ort_session
 
     with tempfile.TemporaryDirectory(prefix="snakeid-prefix-") as tmp:
         path = Path(tmp) / "prefix.onnx"
@@ -59,6 +62,7 @@ def prefix_engine(
         session = ort_session(path, torch.get_num_threads(), spin=False)
 
         def run_ort(x: torch.Tensor) -> np.ndarray:
-            return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            out = session.run(None, {INPUT_NAME: x.numpy()})
+            return out[0] if len(out) == 1 else tuple(out)
 
         yield run_ort

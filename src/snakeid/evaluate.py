@@ -44,13 +44,15 @@ HEADLINE = (
     "venomous_to_harmless_rate",
 )
 RULE_HEADLINE = ("venomous_missed_rate", "harmless_flagged_rate")
+OPENSET_HEADLINE = ("auroc", "unknown_flagged_rate", "known_flagged_rate", "dangerous_rate")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of an evaluation's metrics."""
-    rule = metrics["venomous_rule"]
+    rule, openset = metrics["venomous_rule"], metrics["openset"]
     return {k: metrics[k] for k in HEADLINE} | {
-        "venomous_rule": {k: rule[k] for k in RULE_HEADLINE}
+        "venomous_rule": {k: rule[k] for k in RULE_HEADLINE},
+        "openset": {k: openset[k] for k in OPENSET_HEADLINE},
     }
 
 
@@ -68,30 +70,34 @@ class Evaluation:
     rows: list[dict[str, str]]  # the test photos evaluated
     probs: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,)
+    unknown_scores: np.ndarray | None = None  # (N,) the unknown-species score
+    unknown_threshold: float | None = None  # flagged "unknown" above it
 
 
-def predict_logits(
-    run: Callable[[torch.Tensor], np.ndarray],
+def predict_scores(
+    run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]],
     rows: Sequence[dict[str, str]],
-    species: Sequence[Species],
     image_size: int,
     *,
     batch_size: int = 32,
-) -> np.ndarray:
-    """Logits (N, C) of `run` (a model as `snakeid.engine.prefix_engine` runs it) on `rows`
-    through the shared eval transform."""
-    ds = SplitDataset(rows, species, eval_transform(image_size))
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated logits (N, C) and unknown-species scores (N,) of `run` (the deployed model as
+    `snakeid.engine.prefix_engine` runs it) on `rows` through the shared eval transform. The
+    rows' taxa need not be the model's: the labels are not read."""
+    ds = SplitDataset(rows, None, eval_transform(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    out = []
+    logits, scores = [], []
     with Progress(len(loader), "predict", "batch") as progress:
         for x, _ in loader:
-            out.append(run(x))
+            z, u = run(x)
+            logits.append(z)
+            scores.append(u)
             progress.update()
-    return np.concatenate(out) if out else np.zeros((0, len(species)), np.float32)
+    return np.concatenate(logits), np.concatenate(scores)
 
 
 def evaluate(
-    predict: Callable[[list[dict[str, str]]], np.ndarray],  # rows → logits (N, C)
+    predict: Callable[[list[dict[str, str]]], tuple[np.ndarray, np.ndarray]],
     test_rows: Sequence[dict[str, str]],
     train_rows: Sequence[dict[str, str]],
     species: Sequence[Species],
@@ -99,14 +105,19 @@ def evaluate(
     *,
     seed: int,
     calibration: dict[str, Any],
+    unknown_threshold: float,
+    unknown_rows: Sequence[dict[str, str]] = (),
+    unknown_species: Sequence[Species] = (),
 ) -> Evaluation:
-    """Metrics of `predict` (rows → probabilities) on the test photos of trained species.
+    """Metrics of `predict` (rows → calibrated logits, unknown-species scores) on the test
+    photos of trained species, and of its unknown-species flag on those and on `unknown_rows`
+    (photos of `unknown_species`, held out of training).
 
     Test photos of a species with no training photos cannot be right: they are excluded and
     counted. Macro averages run over every species with test photos, predicted or not.
-    `predict` returns calibrated logits (temperature from `calibration`, fitted on val);
-    the ECE is also reported for the uncalibrated ones, and the venomous rule (threshold from
-    `calibration`) is scored beside the argmax decision.
+    The logits are calibrated (temperature from `calibration`, fitted on val); the ECE is also
+    reported for the uncalibrated ones, and the venomous rule (threshold from `calibration`) is
+    scored beside the argmax decision.
     """
     index = label_index(species)
     kept, excluded = evaluable(test_rows, train_rows)
@@ -119,7 +130,7 @@ def evaluate(
     if not kept:
         raise UserError("no test photo of a species the model was trained on: nothing to evaluate")
     y = np.array([index[r["taxon"]] for r in kept])
-    logits = predict(kept)
+    logits, scores = predict(kept)
     probs = softmax(logits)
     labels = sorted(set(y.tolist()))
     report = classification_report(y, probs, species, labels, ece_bins=cfg.ece_bins)
@@ -146,9 +157,79 @@ def evaluate(
         "excluded_untrained_species": dict(sorted(excluded.items())),
         "species_without_test_photos": [s.name for s in species if index[s.name] not in labels],
         "bootstrap_resamples": cfg.bootstrap,
+        "openset": _openset(
+            predict,
+            scores,
+            unknown_rows,
+            species,
+            unknown_species,
+            threshold=unknown_threshold,
+            venomous_threshold=calibration["venomous_threshold"],
+        ),  # fmt: skip
         "per_species": per_species,
     }
-    return Evaluation(metrics, kept, probs, y)
+    return Evaluation(metrics, kept, probs, y, scores, unknown_threshold)
+
+
+def _openset(
+    predict: Callable[[list[dict[str, str]]], tuple[np.ndarray, np.ndarray]],
+    known_scores: np.ndarray,
+    unknown_rows: Sequence[dict[str, str]],
+    species: Sequence[Species],
+    unknown_species: Sequence[Species],
+    *,
+    threshold: float,
+    venomous_threshold: float,
+) -> dict[str, Any]:
+    """The unknown-species flag on known test photos and on photos of held-out species.
+
+    `dangerous_rate`: of the unknown venomous photos, the share whose top-1 is a known harmless
+    species and which are not flagged unknown, i.e. what a user would read as "harmless".
+    `unknown_venomous_caught_rate`: the share flagged unknown or possibly venomous (an unknown
+    snake counts as possibly venomous)."""
+    from snakeid.openset import auroc
+
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "known_flagged_rate": float((known_scores > threshold).mean()),
+        "n_known": len(known_scores),
+        "n_unknown": len(unknown_rows),
+        "unknown_species": [s.name for s in unknown_species],
+    }
+    none = dict.fromkeys(("auroc", "unknown_flagged_rate", "dangerous_rate",
+                          "unknown_venomous_caught_rate"))  # fmt: skip
+    if not unknown_rows:
+        return out | none | {"per_unknown_species": {}}
+    logits, scores = predict(list(unknown_rows))
+    probs = softmax(logits)
+    flagged = scores > threshold
+    known_venomous = np.array([s.venomous for s in species])
+    harmless_top1 = ~known_venomous[probs.argmax(1)]
+    possibly = venomous_probability(probs, known_venomous) >= venomous_threshold
+    venomous_of = {s.name: s.venomous for s in unknown_species}
+    is_venomous = np.array([venomous_of[r["taxon"]] for r in unknown_rows])
+    n_v = int(is_venomous.sum())
+    per = {
+        s.name: {
+            "photos": int(m.sum()),
+            "flagged_rate": float(flagged[m].mean()) if m.any() else None,
+            "venomous": s.venomous,
+        }
+        for s in unknown_species
+        for m in [np.array([r["taxon"] == s.name for r in unknown_rows])]
+    }
+    return out | {
+        "auroc": auroc(known_scores, scores),
+        "unknown_flagged_rate": float(flagged.mean()),
+        "dangerous_rate": (
+            float((is_venomous & harmless_top1 & ~flagged).sum() / n_v) if n_v else None
+        ),
+        "unknown_venomous_caught_rate": (
+            float((is_venomous & (flagged | possibly)).sum() / n_v) if n_v else None
+        ),
+        "n_unknown_venomous": n_v,
+        "per_unknown_species": per,
+    }
 
 
 def evaluable(
@@ -163,11 +244,14 @@ def evaluable(
 def prediction_rows(
     ev: Evaluation, species: Sequence[Species], *, venomous_threshold: float, k: int = 3
 ) -> list[dict[str, Any]]:
-    """One row per test photo: truth, prediction, the "possibly venomous" rule at
-    `venomous_threshold` (as `snakeid predict` applies it) and the top-k with probabilities."""
+    """One row per test photo: truth, prediction, the unknown-species flag, the "possibly
+    venomous" rule at `venomous_threshold` (an unknown snake counts as possibly venomous, as
+    `snakeid predict` says) and the top-k with probabilities."""
+    assert ev.unknown_scores is not None and ev.unknown_threshold is not None
     p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
+    unknown = ev.unknown_scores > ev.unknown_threshold
     out = []
-    for row, p, y, pv in zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True):
+    for i, (row, p, y, pv) in enumerate(zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True)):
         top = np.argsort(-p)[:k]
         rec: dict[str, Any] = {
             "path": row["path"],
@@ -179,7 +263,9 @@ def prediction_rows(
             "actual_venomous": int(species[y].venomous),
             "predicted_venomous": int(species[top[0]].venomous),
             "venomous_probability": round(float(pv), 6),
-            "possibly_venomous": int(pv >= venomous_threshold),
+            "possibly_venomous": int(pv >= venomous_threshold or unknown[i]),
+            "unknown_score": round(float(ev.unknown_scores[i]), 6),
+            "unknown": int(unknown[i]),
         }
         for j, c in enumerate(top, 1):
             rec[f"top{j}"] = species[c].name

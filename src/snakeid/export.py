@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+UNKNOWN_NAME = "unknown_score"  # the deployed model's second output (snakeid.openset)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ExportConfig:
 
 
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int) -> None:
-    """TorchScript-based export (dynamo=False): NCHW float32 `input` → `logits`, dynamic batch."""
+    """TorchScript-based export (dynamo=False): NCHW float32 `input` → the model's
+    `output_names` (default just `logits`), dynamic batch."""
     import onnx
 
     model = model.eval().cpu()
@@ -57,7 +59,12 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
+def output_names(model: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "output_names", (OUTPUT_NAME,)))
+
+
 def _export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+    names = output_names(model)
     torch.onnx.export(
         model,
         (dummy,),
@@ -65,8 +72,8 @@ def _export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int)
         dynamo=False,
         opset_version=opset,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        output_names=list(names),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
         do_constant_folding=True,
     )
 
@@ -103,28 +110,45 @@ def eval_batches(
 
 
 def parity(model: torch.nn.Module, session: Any, batches: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Max |logit difference| and top-1 agreement of ONNX Runtime vs PyTorch on the same inputs."""
-    diffs, agree, n = [], 0, 0
+    """ONNX Runtime vs PyTorch on the same inputs: max |difference| of every output, top-1
+    agreement and, with an unknown-species score, agreement of its flag at `unknown_threshold`."""
+    names = output_names(model)
+    diffs: dict[str, float] = dict.fromkeys(names, 0.0)
+    agree, n = 0, 0
     model.eval()
     for x in batches:
         with torch.inference_mode():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        diffs.append(float(np.abs(ref - got).max()))
-        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+            ref = model(torch.from_numpy(x))
+        refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        got = session.run(list(names), {INPUT_NAME: x})
+        for name, r, g in zip(names, refs, got, strict=True):
+            diffs[name] = max(diffs[name], float(np.abs(r - g).max()))
+        agree += int((refs[0].argmax(1) == got[0].argmax(1)).sum())
         n += len(x)
-    return {"parity_images": n, "max_abs_logit_diff": max(diffs), "top1_agreement": agree / n}
+    result = {
+        "parity_images": n,
+        "max_abs_logit_diff": diffs[OUTPUT_NAME],
+        "top1_agreement": agree / n,
+    }
+    if UNKNOWN_NAME in diffs:
+        result["max_abs_unknown_score_diff"] = diffs[UNKNOWN_NAME]
+    return result
+
+
+PARITY_HEADLINE = ("top1_agreement", "max_abs_logit_diff", "max_abs_unknown_score_diff")
 
 
 def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
+    unknown_diff = result.get("max_abs_unknown_score_diff", 0.0)
     if (
         result["top1_agreement"] < cfg.min_agreement
         or result["max_abs_logit_diff"] > cfg.max_abs_diff
+        or unknown_diff > cfg.max_abs_diff
     ):
         raise UserError(
             f"ONNX export does not match PyTorch: top-1 agreement {result['top1_agreement']:.4f} "
-            f"(need ≥ {cfg.min_agreement}), max |logit diff| {result['max_abs_logit_diff']:.2e} "
-            f"(need ≤ {cfg.max_abs_diff})"
+            f"(need ≥ {cfg.min_agreement}), max |logit diff| {result['max_abs_logit_diff']:.2e}, "
+            f"max |unknown score diff| {unknown_diff:.2e} (need ≤ {cfg.max_abs_diff})"
         )
 
 
@@ -133,6 +157,7 @@ def model_meta(
     cfg: ExportConfig,
     *,
     tta_flip: bool,
+    unknown_score: dict[str, Any],
     data: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> dict[str, Any]:
@@ -148,6 +173,9 @@ def model_meta(
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
+        "unknown_output_name": UNKNOWN_NAME,
+        # higher = less likely one of `species`; "unknown" above decision.unknown_threshold
+        "unknown_score": {k: v for k, v in unknown_score.items() if k != "threshold"},
         "temperature": ckpt.temperature,
         "tta_flip": tta_flip,
         "backbone": "+".join(ckpt.backbone),
@@ -164,6 +192,9 @@ def model_meta(
             "low_confidence_threshold": cfg.low_confidence_threshold,
             # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
             "venomous_threshold": ckpt.venomous_threshold,
+            # fitted on held-out photos of known species: "not one of the species this model
+            # knows" when the unknown score is above this; an unknown snake is possibly venomous
+            "unknown_threshold": unknown_score["threshold"],
         },
         "data": data,
         "evaluation": evaluation,

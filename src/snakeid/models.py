@@ -253,21 +253,39 @@ class _Chain(nn.Sequential):
 class DeployedModel(nn.Module):
     """What gets evaluated and exported: the network plus its inference-time choices.
 
-    Output: calibrated logits = mean over (image[, mirrored image]) of logits / temperature, so
-    `softmax(output)` are the calibrated probabilities.
+    Outputs: calibrated logits = mean over (image[, mirrored image]) of logits / temperature, so
+    `softmax(logits)` are the calibrated probabilities; and, with an `openset` module (every
+    trained checkpoint has one), the unknown-species score it computes from the pooled features
+    (averaged over the same views) and those logits: higher = less likely a known species.
     """
 
-    def __init__(self, net: SnakeNet, *, temperature: float = 1.0, tta_flip: bool = False):
+    def __init__(
+        self,
+        net: SnakeNet,
+        *,
+        temperature: float = 1.0,
+        tta_flip: bool = False,
+        openset: nn.Module | None = None,
+    ):
         super().__init__()
         self.net = net
         self.temperature = float(temperature)
         self.tta_flip = tta_flip
+        self.openset = openset
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits", "unknown_score") if self.openset is not None else ("logits",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        z = self.net.embed(x)
         if self.tta_flip:
-            logits = 0.5 * (logits + self.net(torch.flip(x, dims=[3])))
-        return logits / self.temperature
+            z = 0.5 * (z + self.net.embed(torch.flip(x, dims=[3])))
+        # the head is linear (dropout is off in eval): head(mean of z) = mean of head(z)
+        logits = self.net.head(z) / self.temperature
+        if self.openset is None:
+            return logits
+        return logits, self.openset(z, logits)
 
 
 def backbone_list(backbone: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -399,6 +417,11 @@ def count_parameters(module: nn.Module) -> int:
 # Checkpoints: a plain dict (tensors + JSON-like values) so `weights_only=True` can load it.
 
 
-def deployed(model: SnakeNet, temperature: float, cfg: ModelConfig) -> DeployedModel:
-    """The model as evaluated and exported: with its val-fitted temperature and TTA choice."""
-    return DeployedModel(model, temperature=temperature, tta_flip=cfg.tta_flip).eval()
+def deployed(
+    model: SnakeNet, temperature: float, cfg: ModelConfig, openset: nn.Module | None = None
+) -> DeployedModel:
+    """The model as evaluated and exported: with its val-fitted temperature, TTA choice and
+    unknown-species score."""
+    return DeployedModel(
+        model, temperature=temperature, tta_flip=cfg.tta_flip, openset=openset
+    ).eval()

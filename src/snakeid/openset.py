@@ -37,9 +37,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
+from torch import nn
+
+from snakeid.errors import UserError
+
+if TYPE_CHECKING:
+    from snakeid.checkpoint import Checkpoint
 
 _logger = logging.getLogger(__name__)
 
@@ -72,10 +79,13 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaxSoftmax:
-    """1 − the largest softmax probability."""
+    """1 − the largest softmax probability of logits / `temperature` (> 1: a softer softmax,
+    whose top probability still varies where the calibrated one is already ~1)."""
+
+    temperature: float = 1.0
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        z = logits.astype(np.float64)
+        z = logits.astype(np.float64) / self.temperature
         return 1.0 - np.exp(z.max(1) - _logsumexp(z))  # max p = exp(max z − logsumexp z)
 
 
@@ -96,6 +106,11 @@ class Energy:
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _unit_rows(x: np.ndarray, power: float) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return l2_normalise(np.maximum(x, 0.0) ** power if power != 1.0 else x).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -221,14 +236,17 @@ class Mahalanobis:
 
 @dataclass(frozen=True)
 class NearestNeighbour:
-    """1 − cosine similarity to the k-th most similar row of `bank` (L2-normalised)."""
+    """1 − cosine similarity to the k-th most similar row of `bank` (L2-normalised), on the
+    features raised to `power` (0.5: square roots, which evens out the few large pooled
+    activations that otherwise dominate the cosine; the features are ≥ 0)."""
 
     bank: np.ndarray  # (M, D) float32, unit rows
     k: int = 1
+    power: float = 1.0
 
     @classmethod
-    def fit(cls, features: np.ndarray, *, k: int = 1) -> NearestNeighbour:
-        return cls(l2_normalise(features).astype(np.float32), k)
+    def fit(cls, features: np.ndarray, *, k: int = 1, power: float = 1.0) -> NearestNeighbour:
+        return cls(_unit_rows(features, power), k, power)
 
     @classmethod
     def fit_centroids(cls, features: np.ndarray, labels: np.ndarray) -> NearestNeighbour:
@@ -237,7 +255,7 @@ class NearestNeighbour:
         return cls.fit(np.stack([x[labels == c].mean(0) for c in np.unique(labels)]), k=1)
 
     def score(self, features: np.ndarray, logits: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        x = l2_normalise(features).astype(np.float32)
+        x = _unit_rows(features, self.power)
         k = min(self.k, len(self.bank))
         out = np.empty(len(x))
         for i in range(0, len(x), chunk):  # (chunk, M) similarities at a time
@@ -314,3 +332,144 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     n_k, n_u = len(known), len(unknown)
     u = ranks[n_k:].sum() - n_u * (n_u + 1) / 2.0
     return float(u / (n_k * n_u))
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployed score: fitted by `finetune`, stored in the checkpoint, a module of the ONNX graph
+
+
+@dataclass(frozen=True)
+class UnknownScore:
+    """The unknown-species score of the deployed model, chosen on real photos (bench/openset.md):
+    `Combined` of a softened MSP (calibrated logits / `MSP_TEMPERATURE`) and the cosine
+    distance of the square-rooted pooled features to the nearest training photo's, each centred
+    per top-1 class and scaled; flagged "unknown" above `threshold`.
+
+    Fitted on photos the classifier did not train on (`fit`); `module` computes the same score
+    from pooled features and calibrated logits inside the exported graph.
+    """
+
+    combined: Combined
+    threshold: float
+    known_pass_rate: float
+    fit_report: dict
+
+    NAME = "msp_t3+knn1_sqrt_per_class"
+    MSP_TEMPERATURE = 3.0  # bench/openset.md: flat from 2.5 to 6.5 on calibrated logits
+    KNN_POWER = 0.5
+
+    @classmethod
+    def fit(
+        cls,
+        bank: np.ndarray,
+        held: np.ndarray,
+        held_logits: np.ndarray,
+        *,
+        bank_folds: np.ndarray,
+        held_folds: np.ndarray,
+        known_pass_rate: float,
+    ) -> UnknownScore:
+        """`bank` (M, D): pooled features of the training photos (the deployed nearest-neighbour
+        bank). `held` (N, D) and `held_logits` (N, C, calibrated): photos whose values the
+        centring, scaling and threshold are fitted on, each compared only with bank photos of
+        another fold (`bank_folds` (M,), `held_folds` (N,)): out-of-fold photos of a refitted
+        probe (the bank is then the same photos), or val photos against a train bank."""
+        msp = MaxSoftmax(cls.MSP_TEMPERATURE)
+        values = np.zeros((2, len(held)))
+        values[0] = msp.score(held, held_logits)
+        for f in np.unique(held_folds):
+            rows, others = held_folds == f, bank_folds != f
+            knn = NearestNeighbour.fit(bank[others], power=cls.KNN_POWER)
+            values[1, rows] = knn.score(held[rows], held_logits)
+        parts = (msp, NearestNeighbour.fit(bank, power=cls.KNN_POWER))
+        combined = Combined.fit(parts, values, held_logits, per_class=True)
+        scores = combined.combine(values, held_logits)
+        threshold = fit_threshold(scores, known_pass_rate)
+        report = {
+            "held_photos": int(len(held)),
+            "bank_photos": int(len(bank)),
+            "held_flagged_rate": float((scores > threshold).mean()),
+            "constants_mb": round(size_mb(combined), 3),
+        }
+        return cls(combined, threshold, known_pass_rate, report)
+
+    @property
+    def bank(self) -> np.ndarray:
+        return self.combined.parts[1].bank  # type: ignore[attr-defined]
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return self.combined.score(features, logits)
+
+    def state(self) -> dict:
+        """What the checkpoint stores (tensors and plain values: `torch.load(weights_only)`)."""
+        return {
+            "score": self.NAME,
+            "threshold": self.threshold,
+            "known_pass_rate": self.known_pass_rate,
+            "arrays": {
+                "bank": torch.from_numpy(np.ascontiguousarray(self.bank, np.float32)),
+                "offset": torch.from_numpy(self.combined.offset.astype(np.float64)),
+                "scale": torch.from_numpy(self.combined.scale.astype(np.float64)),
+            },
+            "fit": self.fit_report,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> UnknownScore:
+        """The final model's score (`finetune` fits it; the head's checkpoint has none)."""
+        if ckpt.openset is None:
+            raise UserError(
+                f"the {ckpt.stage} checkpoint has no unknown-species score: run finetune"
+            )
+        return cls.from_state(ckpt.openset)
+
+    @classmethod
+    def from_state(cls, state: dict) -> UnknownScore:
+        if state["score"] != cls.NAME:
+            raise ValueError(f"unknown-species score {state['score']!r}, expected {cls.NAME!r}")
+        a = {k: v.numpy() for k, v in state["arrays"].items()}
+        parts = (MaxSoftmax(cls.MSP_TEMPERATURE), NearestNeighbour(a["bank"], 1, cls.KNN_POWER))
+        return cls(Combined(parts, a["offset"], a["scale"]), float(state["threshold"]),
+                   float(state["known_pass_rate"]), dict(state["fit"]))  # fmt: skip
+
+    def module(self) -> UnknownScoreModule:
+        """The score as a torch module: (pooled features (N, D), calibrated logits (N, C)) →
+        (N,), the same numbers as `score` to float32 precision."""
+        return UnknownScoreModule(self)
+
+    def describe(self) -> dict:
+        """For model_meta.json: what the score is and what it carries."""
+        return {
+            "score": self.NAME,
+            "definition": (
+                "sum over parts p of (value_p - offset[p, top-1 class]) / scale[p]; parts: "
+                f"1 - max softmax(logits / {self.MSP_TEMPERATURE:g}), and 1 - cosine "
+                "similarity of the square-rooted pooled features to the nearest training "
+                "photo's; higher = less likely a known species"
+            ),
+            "threshold": self.threshold,
+            "known_pass_rate": self.known_pass_rate,
+        } | self.fit_report
+
+
+class UnknownScoreModule(nn.Module):
+    """`UnknownScore` in torch, for the deployed model (`snakeid.models.DeployedModel`)."""
+
+    def __init__(self, score: UnknownScore) -> None:
+        super().__init__()
+        c = score.combined
+        self.temperature = score.MSP_TEMPERATURE
+        bank_t = np.ascontiguousarray(score.bank.T, np.float32)
+        self.register_buffer("bank_t", torch.from_numpy(bank_t))
+        self.register_buffer("offset", torch.from_numpy(c.offset.astype(np.float32)))
+        self.register_buffer("inv_scale", torch.from_numpy((1 / c.scale).astype(np.float32)))
+
+    def forward(self, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        msp = 1.0 - torch.softmax(logits / self.temperature, 1).max(1).values
+        root = z.clamp_min(0.0).sqrt()
+        unit = root / root.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        knn = 1.0 - (unit @ self.bank_t).max(1).values
+        top = logits.argmax(1)
+        return (msp - self.offset[0][top]) * self.inv_scale[0] + (
+            knn - self.offset[1][top]
+        ) * self.inv_scale[1]

@@ -24,7 +24,7 @@ from snakeid.utils import sha256_file
 
 _logger = logging.getLogger(__name__)
 
-META_FORMAT = "snakeid-model/1"
+META_FORMAT = "snakeid-model/2"  # 2: the unknown-species score (output and threshold)
 META_FILENAME = "model_meta.json"
 SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
 # Said by `snakeid predict` (stderr) and the service page whenever the model is synthetic.
@@ -46,6 +46,10 @@ class ModelMeta:
     preprocess: PreprocessSpec
     input_name: str = "input"
     output_name: str = "logits"
+    unknown_output_name: str = "unknown_score"
+    # "Not one of the species this model knows" when the unknown score is above this (fitted on
+    # val so that `openset.known_pass_rate` of known-species photos pass)
+    unknown_threshold: float = float("inf")
     backbone: str | None = None
     image_size: int | None = None
     params_digest: str | None = None
@@ -108,9 +112,14 @@ class ModelMeta:
                     thresholds[key] = _check_probability(value, f"{source}: decision.{key}")
                 except ValueError as e:
                     raise ModelMetaError(str(e)) from e
-        for key in ("input_name", "output_name"):
+        for key in ("input_name", "output_name", "unknown_output_name"):
             if not isinstance(raw.get(key, ""), str):
                 raise ModelMetaError(f"{source}: '{key}' must be a string")
+        unknown_threshold = decision.get("unknown_threshold")
+        if isinstance(unknown_threshold, bool) or not isinstance(unknown_threshold, int | float):
+            raise ModelMetaError(
+                f"{source}: decision.unknown_threshold must be a number, got {unknown_threshold!r}"
+            )
         data = raw.get("data") or {}
         if not isinstance(data, Mapping) or not isinstance(data.get("source", ""), str):
             raise ModelMetaError(f"{source}: 'data' must be an object with a string 'source'")
@@ -119,6 +128,8 @@ class ModelMeta:
             preprocess=spec,
             input_name=raw.get("input_name", "input"),
             output_name=raw.get("output_name", "logits"),
+            unknown_output_name=raw.get("unknown_output_name", "unknown_score"),
+            unknown_threshold=float(unknown_threshold),
             backbone=raw.get("backbone"),
             image_size=image_size,
             params_digest=raw.get("params_digest"),
@@ -172,10 +183,13 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ImageResult:
-    predictions: tuple[Prediction, ...]  # top-k, most probable first
+    predictions: tuple[Prediction, ...]  # top-k, most probable first: the closest species
     low_confidence: bool  # top-1 probability under the threshold
-    possibly_venomous: bool  # summed probability of venomous species at or over the threshold
+    # summed probability of venomous species at or over the threshold, or an unknown species
+    possibly_venomous: bool
     venomous_probability: float
+    unknown_score: float  # higher = less likely one of the model's species
+    unknown: bool  # the score is above the threshold: not one of the species the model knows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +197,8 @@ class ImageResult:
             "low_confidence": self.low_confidence,
             "possibly_venomous": self.possibly_venomous,
             "venomous_probability": self.venomous_probability,
+            "unknown_score": self.unknown_score,
+            "unknown": self.unknown,
         }
 
 
@@ -246,10 +262,11 @@ class Predictor:
     def _check_session(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
-        if self.meta.input_name not in inputs or self.meta.output_name not in outputs:
+        names = (self.meta.output_name, self.meta.unknown_output_name)
+        if self.meta.input_name not in inputs or any(n not in outputs for n in names):
             raise ModelMetaError(
-                f"{self.model_path}: metadata names input {self.meta.input_name!r} and output "
-                f"{self.meta.output_name!r}, the model has inputs {sorted(inputs)} and outputs "
+                f"{self.model_path}: metadata names input {self.meta.input_name!r} and outputs "
+                f"{list(names)}, the model has inputs {sorted(inputs)} and outputs "
                 f"{sorted(outputs)}"
             )
         n_out = outputs[self.meta.output_name].shape[-1]
@@ -263,6 +280,11 @@ class Predictor:
     def species(self) -> tuple[Species, ...]:
         return self.meta.species
 
+    @property
+    def unknown_message(self) -> str:
+        """What the CLI, the API and the page say of a photo flagged unknown."""
+        return f"Not one of the {len(self.species)} species this model knows"
+
     def info(self) -> dict[str, Any]:
         """What a response says about the model that produced it."""
         return {
@@ -275,6 +297,7 @@ class Predictor:
             "created_by": self.meta.created_by,
             "low_confidence_threshold": self.low_confidence,
             "venomous_threshold": self.venomous_threshold,
+            "unknown_threshold": self.meta.unknown_threshold,
             "data_source": self.meta.data_source,
             "synthetic": self.meta.synthetic,
         }
@@ -287,10 +310,13 @@ class Predictor:
             )
         return top_k
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (N, 3, S, S) float32 -> class probabilities (N, n_species)."""
-        (logits,) = self.session.run([self.meta.output_name], {self.meta.input_name: batch})
-        return softmax(logits)
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed (N, 3, S, S) float32 -> class probabilities (N, n_species) and
+        unknown-species scores (N,)."""
+        logits, unknown = self.session.run(
+            [self.meta.output_name, self.meta.unknown_output_name], {self.meta.input_name: batch}
+        )
+        return softmax(logits), unknown
 
     def predict_images(self, images: Sequence[Image.Image], top_k: int = 3) -> list[ImageResult]:
         """Top-k results for each image, in input order."""
@@ -303,11 +329,14 @@ class Predictor:
         results: list[ImageResult] = []
         for start in range(0, len(arrays), self.batch_size):
             batch = np.stack(arrays[start : start + self.batch_size]).astype(np.float32, copy=False)
-            results.extend(self.summarise(row, top_k) for row in self.probabilities(batch))
+            probs, unknown = self.scores(batch)
+            results.extend(
+                self.summarise(p, float(u), top_k) for p, u in zip(probs, unknown, strict=True)
+            )
         return results
 
-    def summarise(self, probs: np.ndarray, top_k: int) -> ImageResult:
-        """One row of probabilities -> top-k predictions and the two decision flags."""
+    def summarise(self, probs: np.ndarray, unknown_score: float, top_k: int) -> ImageResult:
+        """One row of probabilities and its unknown score -> top-k predictions and the flags."""
         order = np.argsort(-probs, kind="stable")[:top_k]
         predictions = tuple(
             Prediction(
@@ -320,11 +349,15 @@ class Predictor:
         )
         # The same rule `evaluate` reports on test: summed probability of the venomous species.
         venomous_p = float(venomous_probability(probs[None, :], self._venomous)[0])  # (1, C)
+        unknown = unknown_score > self.meta.unknown_threshold
         return ImageResult(
             predictions=predictions,
             low_confidence=predictions[0].probability < self.low_confidence,
-            possibly_venomous=venomous_p >= self.venomous_threshold,
+            # a snake the model does not know may be venomous: never call it harmless
+            possibly_venomous=venomous_p >= self.venomous_threshold or unknown,
             venomous_probability=venomous_p,
+            unknown_score=unknown_score,
+            unknown=unknown,
         )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from snakeid.calibration import softmax
 from snakeid.config import spec
 from snakeid.errors import UserError
-from snakeid.export import INPUT_NAME, OUTPUT_NAME
+from snakeid.export import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME
 
 _logger = logging.getLogger(__name__)
 
@@ -113,23 +113,35 @@ WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 def _edge_nodes(path: Path) -> list[str]:
     """Names of the first weighted node (Conv/Gemm/MatMul) on every path from the input (one
-    per trunk: each reads raw pixels, maybe resized) and of the last weighted node (logits)."""
+    per trunk: each reads raw pixels, maybe resized), and of the last one on every path to an
+    output with every node after it: the classifier, and the unknown-species score (its
+    similarity to the bank, softmax and per-class offsets), which stays FP32 whole."""
     import onnx
 
     graph = onnx.load(str(path)).graph
-    weighted = [n.name for n in graph.node if n.op_type in WEIGHTED]
-    if not weighted:
+    if not any(n.op_type in WEIGHTED for n in graph.node):
         return []
-    reached = {i.name for i in graph.input}  # tensors computed from the input without weights
-    first = []
-    for node in graph.node:  # topologically sorted
-        if not reached.intersection(node.input):
+    first = _walk(graph.node, {i.name for i in graph.input})
+    tail = _walk(graph.node[::-1], {o.name for o in graph.output}, backwards=True)
+    return [*dict.fromkeys([*first, *tail])]
+
+
+def _walk(nodes: Sequence[Any], reached: set[str], *, backwards: bool = False) -> list[str]:
+    """Walk `nodes` (topologically sorted, or reversed with `backwards`) from the tensors
+    `reached`, through unweighted nodes only: forwards, the weighted nodes met first; backwards,
+    those and every node passed on the way."""
+    found = []
+    for node in nodes:
+        ins, outs = (node.output, node.input) if backwards else (node.input, node.output)
+        if not reached.intersection(ins):
             continue
         if node.op_type in WEIGHTED:
-            first.append(node.name)
+            found.append(node.name)
         else:
-            reached.update(node.output)
-    return [*dict.fromkeys([*first, weighted[-1]])]
+            reached.update(outs)
+            if backwards:
+                found.append(node.name)
+    return found
 
 
 @contextlib.contextmanager
@@ -152,18 +164,19 @@ def latency_ms(session: Any, image_size: int, batch: int, runs: int) -> float:
         .astype(np.float32)
     )
     for _ in range(3):
-        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        session.run(None, {INPUT_NAME: x})  # every output: what a user runs
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        session.run(None, {INPUT_NAME: x})  # every output: what a user runs
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
 
-def run_probs(session: Any, batches: Sequence[np.ndarray]) -> np.ndarray:
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for x in batches]
-    return softmax(np.concatenate(out))
+def run_probs(session: Any, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, C) and unknown-species scores (N,) of a deployed model."""
+    out = [session.run([OUTPUT_NAME, UNKNOWN_NAME], {INPUT_NAME: x}) for x in batches]
+    return softmax(np.concatenate([o[0] for o in out])), np.concatenate([o[1] for o in out])
 
 
 def check_int8(result: dict[str, Any], cfg: QuantizeConfig) -> None:
@@ -190,20 +203,22 @@ def compare(
     labels: Sequence[int],
     *,
     threads: int,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """FP32 vs INT8 on the same preprocessed test batches: size, accuracy, agreement (no
-    timings: this report is a DVC metric and must be the same on every run; see `latencies`).
+    unknown_threshold: float,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """FP32 vs INT8 on the same preprocessed test batches: size, accuracy, agreement of the
+    top-1 and of the unknown-species flag (no timings: this report is a DVC metric and must be
+    the same on every run; see `latencies`).
 
-    Returns the report and the INT8 model's probabilities (N, C).
+    Returns the report and the INT8 model's probabilities (N, C) and unknown scores (N,).
     """
     from snakeid.export import ort_session
     from snakeid.metrics import macro_f1
 
     result: dict[str, Any] = {}
-    probs = {}
+    probs, unknown = {}, {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         session = ort_session(path, threads)
-        probs[name] = run_probs(session, batches)
+        probs[name], unknown[name] = run_probs(session, batches)
         pred = probs[name].argmax(1)
         result[name] = {
             "bytes": path.stat().st_size,
@@ -211,12 +226,20 @@ def compare(
             "macro_f1": macro_f1(y, pred, labels),
         }
     result["top1_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
+    flags = {k: v > unknown_threshold for k, v in unknown.items()}
+    result["unknown_flag_agreement"] = float((flags["fp32"] == flags["int8"]).mean())
+    result["max_abs_unknown_score_diff"] = float(np.abs(unknown["fp32"] - unknown["int8"]).max())
     result["size_ratio"] = result["int8"]["bytes"] / result["fp32"]["bytes"]
     result["accuracy_delta"] = result["int8"]["accuracy"] - result["fp32"]["accuracy"]
-    return result, probs["int8"]
+    return result, probs["int8"], unknown["int8"]
 
 
-HEADLINE = ("top1_agreement", "size_ratio", "accuracy_delta")  # quantize's DVC metrics
+HEADLINE = (
+    "top1_agreement",
+    "unknown_flag_agreement",
+    "size_ratio",
+    "accuracy_delta",
+)  # quantize's DVC metrics
 
 
 def latencies(

@@ -53,10 +53,13 @@ class PredictionOut(BaseModel):
 
 
 class PredictOut(BaseModel):
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut]  # the closest species, most probable first
     low_confidence: bool
-    possibly_venomous: bool
+    possibly_venomous: bool  # venomous probability at or over its threshold, or unknown
     venomous_probability: float
+    unknown_score: float  # higher = less likely one of the model's species
+    unknown: bool  # not one of the species this model knows
+    message: str | None  # "Not one of the N species this model knows" when unknown
     model: dict[str, Any]
 
 
@@ -259,4 +262,5 @@ def _add_predict_route(
             result.predictions[0].species,
             result.predictions[0].probability,
         )
-        return {**result.to_dict(), "model": predictor.info()}
+        message = predictor.unknown_message if result.unknown else None
+        return {**result.to_dict(), "message": message, "model": predictor.info()}

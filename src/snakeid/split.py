@@ -17,6 +17,10 @@ Rules, in order:
    the species has at least that many. With fewer, the splits are filled in the order train,
    test, val: 1 observation -> train; 2 -> train, test; 3 -> one in each. Species that miss a
    split this way are listed in the metrics as `few_observation_species`.
+5. Species listed in `unknown_species` are held out of the model entirely: every photo of theirs
+   goes to `unknown.csv`, test photos of species the model never learns, on which `evaluate`
+   measures how well the model says "not one of the species I know". The model's classes are
+   the other species (`known_species`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from snakeid.config import ParamsError, spec
+from snakeid.config import ParamsError, section, spec
 from snakeid.errors import UserError
 from snakeid.manifest import CLEAN_COLUMNS, SPLITS, read_checked_manifest, write_manifest
 from snakeid.taxa import Species
@@ -48,6 +52,8 @@ class SplitConfig:
     train: float = field(default=0.70, metadata=spec(gt=0, le=1))
     val: float = field(default=0.15, metadata=spec(ge=0, le=1))
     test: float = field(default=0.15, metadata=spec(ge=0, le=1))
+    # names from the species file: their photos are only ever test photos of an unknown species
+    unknown_species: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         total = self.train + self.val + self.test
@@ -59,10 +65,45 @@ class SplitConfig:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+UNKNOWN = "unknown"  # the manifest `<split dir>/unknown.csv`: photos of the held-out species
+
+
 @dataclass(frozen=True)
 class SplitResult:
     splits: dict[str, list[dict[str, str]]]  # split -> clean manifest rows, `split` filled
+    unknown: list[dict[str, str]]  # photos of `unknown_species` (split "test")
     metrics: dict[str, Any]
+
+
+def model_species(
+    params: Mapping[str, Any], species: Sequence[Species]
+) -> tuple[list[Species], list[Species]]:
+    """(the model's classes, the held-out species) as params.yaml's `split` section sets them:
+    what every stage after `split` trains, evaluates or exports for."""
+    return known_species(species, section(params, "split", SplitConfig).unknown_species)
+
+
+def known_species(
+    species: Sequence[Species], unknown: Sequence[str]
+) -> tuple[list[Species], list[Species]]:
+    """(the model's classes, the held-out species): the species file split by `unknown`, each
+    in the file's order. Every name must be in the file, and holding species out must leave
+    at least two known."""
+    names = {s.name for s in species}
+    missing = [u for u in unknown if u not in names]
+    if missing:
+        raise UserError(
+            f"split.unknown_species: {missing[0]!r} is not in the species file (set "
+            "split.unknown_species: [] to hold no species out)"
+        )
+    held = [s for s in species if s.name in set(unknown)]
+    known = [s for s in species if s.name not in set(unknown)]
+    if held and len(known) < 2:
+        raise UserError(
+            f"split.unknown_species holds out {len(held)} of {len(species)} species: a "
+            "classifier needs at least 2 known ones"
+        )
+    return known, held
 
 
 def observation_key(row: Mapping[str, str]) -> str:
@@ -144,6 +185,9 @@ def assign_splits(
     if not rows:
         raise UserError("the clean manifest has no photos to split")
     _check(rows, species)
+    species, held = known_species(species, cfg.unknown_species)
+    unknown = [dict(r) | {"split": "test"} for r in rows if r["taxon"] in cfg.unknown_species]
+    rows = [r for r in rows if r["taxon"] not in cfg.unknown_species]
     by_species: dict[str, dict[str, list[Mapping[str, str]]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -182,8 +226,10 @@ def assign_splits(
         splits[x].append(dict(row) | {"split": x})
     _check_nonempty(splits, cfg, explicit_species, len(by_species))
     metrics = _metrics(splits, species, cfg, few, explicit_species)
+    metrics["photos"][UNKNOWN] = len(unknown)
+    metrics["unknown_species"] = {s.name: sum(r["taxon"] == s.name for r in unknown) for s in held}
     _log_summary(metrics)
-    return SplitResult(splits, metrics)
+    return SplitResult(splits, unknown, metrics)
 
 
 def _check_nonempty(
@@ -260,6 +306,12 @@ def _log_summary(m: Mapping[str, Any]) -> None:
                 f"{s} ({v['observations']})" for s, v in m["few_observation_species"].items()
             ),
         )
+    if m["unknown_species"]:
+        _logger.info(
+            "held out as unknown species (test photos only, in %s.csv): %s",
+            UNKNOWN,
+            ", ".join(f"{k} ({v} photos)" for k, v in m["unknown_species"].items()),
+        )
     if m["missing_species"]:
         _logger.warning(
             "%d species of the species file have no photos: %s",
@@ -274,9 +326,10 @@ def _log_summary(m: Mapping[str, Any]) -> None:
 def run(
     clean: str | Path, out: str | Path, species: Sequence[Species], cfg: SplitConfig, seed: int
 ) -> SplitResult:
-    """Read `<clean>/manifest.csv`, split it, write `<out>/{train,val,test}.csv`."""
+    """Read `<clean>/manifest.csv`, split it, write `<out>/{train,val,test,unknown}.csv`."""
     rows = read_checked_manifest(Path(clean) / "manifest.csv", CLEAN_COLUMNS, what="clean manifest")
     result = assign_splits(rows, species, cfg, seed)
     for x, split_rows in result.splits.items():
         write_manifest(Path(out) / f"{x}.csv", split_rows, CLEAN_COLUMNS)
+    write_manifest(Path(out) / f"{UNKNOWN}.csv", result.unknown, CLEAN_COLUMNS)
     return result

@@ -13,6 +13,7 @@ from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
 from snakeid.data import DataConfig
 from snakeid.errors import UserError
+from snakeid.split import model_species
 from snakeid.taxa import Species, load_species
 from snakeid.utils import resolve_device, seed_everything
 
@@ -77,6 +78,9 @@ class FinetuneConfig:
     # "Possibly venomous" when P(any venomous species) ≥ a threshold chosen on val so that at
     # most this share of venomous val photos fall below it (capped at 0.5).
     venomous_miss_target: float = field(default=0.02, metadata=spec(ge=0.0, le=1.0))
+    # "Not one of the species this model knows" above an unknown-species score threshold chosen
+    # on the same held-out photos so that this share of them (all of known species) pass.
+    known_pass_rate: float = field(default=0.95, metadata=spec(gt=0.0, le=1.0))
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,7 @@ def prepare(params: dict[str, Any]) -> Setup:
     data = section(params, "data", DataConfig)
     loss = section(params, "loss", LossConfig)
     check_imbalance_options(data, loss)
-    species = load_species(base.species_file)
+    species, _ = model_species(params, load_species(base.species_file))
     seed_everything(base.seed, base.deterministic)
     distributed.init(resolve_device(base.device), base.threads)
     return Setup(base, data, loss, species)

@@ -300,6 +300,18 @@ def cache_features(
     )
 
 
+def pooled_view0(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (N, D) float32 of view 0 (the eval transform) of the train and the val
+    photos, through `model`'s current weights from the cache's cut (collective under torchrun)."""
+    middle = model.frozen_between(caches.cut, 0)
+    if middle is None:  # the cache holds pooled features
+        return tuple(np.asarray(c.array[0], np.float32) for c in (caches.train, caches.val))  # type: ignore[return-value,index]
+    with scratch_near(caches.root) as tmp:
+        mapped = [c.mapped(middle, tmp, f"pooled_{c.path.stem}", device)
+                  for c in (caches.train, caches.val)]  # fmt: skip
+        return tuple(np.array(c.array[0], np.float32) for c in mapped)  # type: ignore[return-value,index]
+
+
 def load_caches(
     out_dir: Path, *, split_dir: Path, base: BaseConfig, data: DataConfig, cut: int
 ) -> Caches:

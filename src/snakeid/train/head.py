@@ -12,7 +12,7 @@ from torch import nn
 
 from snakeid.metrics import balanced_accuracy, macro_f1
 from snakeid.models import SnakeNet
-from snakeid.probe import fit_probe, out_of_fold_logits, stack_views
+from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views
 from snakeid.train.config import TrainHeadConfig
 from snakeid.train.features import Caches, scratch_near
 
@@ -27,6 +27,16 @@ class Holdout:
     logits: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,)
     source: str  # "val" | "out-of-fold train+val"
+    folds: np.ndarray | None = None  # out-of-fold: each photo's fold (train rows, then val)
+
+    def state(self) -> dict[str, Any]:
+        """As the checkpoint stores it."""
+        return {
+            "logits": torch.from_numpy(self.logits).float(),
+            "labels": torch.from_numpy(self.labels).long(),
+            "source": self.source,
+            "folds": None if self.folds is None else torch.from_numpy(self.folds).long(),
+        }
 
 
 def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
@@ -65,11 +75,13 @@ def _fit_probe_head(
     if cfg.refit:
         every = np.concatenate([train, val], axis=1)
         y = np.concatenate([yt, yv])
+        groups = caches.train_groups + caches.val_groups
         oof = out_of_fold_logits(
-            every, y, caches.train_groups + caches.val_groups, n_classes,
-            k=cfg.refit_folds, seed=seed, **common,
+            every, y, groups, n_classes, k=cfg.refit_folds, seed=seed, **common
         )  # fmt: skip
-        holdout = Holdout(oof, y, "out-of-fold train+val")
+        # the folds out_of_fold_logits drew: the unknown-species score is fitted on them too
+        folds = grouped_folds(y, groups, cfg.refit_folds, seed)
+        holdout = Holdout(oof, y, "out-of-fold train+val", folds)
         val_logits = oof[len(yt) :]
         probe = fit_probe(stack_views(every), np.tile(y, len(every)), n_classes, **common)
     else:
