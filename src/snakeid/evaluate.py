@@ -18,6 +18,7 @@ from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
+from snakeid.openset import auroc
 from snakeid.taxa import Species, label_index
 from snakeid.utils import Progress
 
@@ -70,8 +71,8 @@ class Evaluation:
     rows: list[dict[str, str]]  # the test photos evaluated
     probs: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,)
-    unknown_scores: np.ndarray | None = None  # (N,) the unknown-species score
-    unknown_threshold: float | None = None  # flagged "unknown" above it
+    unknown_scores: np.ndarray  # (N,) the unknown-species score
+    unknown_threshold: float  # flagged "unknown" above it
 
 
 def predict_scores(
@@ -165,7 +166,7 @@ def evaluate(
             unknown_species,
             threshold=unknown_threshold,
             venomous_threshold=calibration["venomous_threshold"],
-        ),  # fmt: skip
+        ),
         "per_species": per_species,
     }
     return Evaluation(metrics, kept, probs, y, scores, unknown_threshold)
@@ -187,8 +188,6 @@ def _openset(
     species and which are not flagged unknown, i.e. what a user would read as "harmless".
     `unknown_venomous_caught_rate`: the share flagged unknown or possibly venomous (an unknown
     snake counts as possibly venomous)."""
-    from snakeid.openset import auroc
-
     out: dict[str, Any] = {
         "threshold": threshold,
         "known_flagged_rate": float((known_scores > threshold).mean()),
@@ -247,7 +246,6 @@ def prediction_rows(
     """One row per test photo: truth, prediction, the unknown-species flag, the "possibly
     venomous" rule at `venomous_threshold` (an unknown snake counts as possibly venomous, as
     `snakeid predict` says) and the top-k with probabilities."""
-    assert ev.unknown_scores is not None and ev.unknown_threshold is not None
     p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
     unknown = ev.unknown_scores > ev.unknown_threshold
     out = []

@@ -48,7 +48,7 @@ class ModelMeta:
     output_name: str = "logits"
     unknown_output_name: str = "unknown_score"
     # "Not one of the species this model knows" when the unknown score is above this (fitted on
-    # val so that `openset.known_pass_rate` of known-species photos pass)
+    # held-out photos so that `finetune.known_pass_rate` of them pass; `from_dict` requires it)
     unknown_threshold: float = float("inf")
     backbone: str | None = None
     image_size: int | None = None
