@@ -126,8 +126,12 @@ def probe_recipe(
             groups = [task.groups[i] for i in train]
             held, held_y = (
                 out_of_fold_logits(
-                    xt, yt, groups, task.n_classes, k=task.inner_folds, seed=task.seed, **common
-                ),
+                    xt,
+                    yt,
+                    grouped_folds(yt, groups, task.inner_folds, task.seed),
+                    task.n_classes,
+                    **common,
+                ),  # fmt: skip
                 yt,
             )
         else:

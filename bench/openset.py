@@ -195,8 +195,8 @@ def probe_outputs(
     out = {
         "logits": probe.logits(np.asarray(photos.x[0, evaluated], np.float32)),
         "oof": out_of_fold_logits(
-            xt, yt, [photos.groups[i] for i in train], n_known,
-            c=s.c, balanced=False, k=s.folds, seed=s.seed,
+            xt, yt, grouped_folds(yt, [photos.groups[i] for i in train], s.folds, s.seed),
+            n_known, c=s.c, balanced=False,
         ),
     }  # fmt: skip
     cache.mkdir(parents=True, exist_ok=True)

@@ -81,22 +81,20 @@ def grouped_folds(labels: np.ndarray, groups: Sequence[str], k: int, seed: int) 
 def out_of_fold_logits(
     views: np.ndarray,
     y: np.ndarray,
-    groups: Sequence[str],
+    folds: np.ndarray,
     n_classes: int,
     *,
     c: float,
     balanced: bool,
-    k: int,
-    seed: int,
 ) -> np.ndarray:
-    """Logits (N, C) of each photo's view 0 from a probe fitted without its group's photos.
+    """Logits (N, C) of each photo's view 0 from a probe fitted without its fold's photos.
 
-    `views` is (V, N, D): view 0 the eval transform, the others augmented training views.
+    `views` is (V, N, D): view 0 the eval transform, the others augmented training views;
+    `folds` (N,) from `grouped_folds`, so that an observation's photos share a fold.
     """
-    fold = grouped_folds(y, groups, k, seed)
     out = np.zeros((len(y), n_classes), np.float32)
-    for f in range(k):
-        held, kept = fold == f, fold != f
+    for f in np.unique(folds):
+        held, kept = folds == f, folds != f
         probe = fit_probe(
             stack_views(views[:, kept]), np.tile(y[kept], len(views)), n_classes,
             c=c, balanced=balanced,

@@ -75,12 +75,9 @@ def _fit_probe_head(
     if cfg.refit:
         every = np.concatenate([train, val], axis=1)
         y = np.concatenate([yt, yv])
-        groups = caches.train_groups + caches.val_groups
-        oof = out_of_fold_logits(
-            every, y, groups, n_classes, k=cfg.refit_folds, seed=seed, **common
-        )  # fmt: skip
-        # the folds out_of_fold_logits drew: the unknown-species score is fitted on them too
-        folds = grouped_folds(y, groups, cfg.refit_folds, seed)
+        # the unknown-species score is fitted on these folds too (finetune)
+        folds = grouped_folds(y, caches.train_groups + caches.val_groups, cfg.refit_folds, seed)
+        oof = out_of_fold_logits(every, y, folds, n_classes, **common)
         holdout = Holdout(oof, y, "out-of-fold train+val", folds)
         val_logits = oof[len(yt) :]
         probe = fit_probe(stack_views(every), np.tile(y, len(every)), n_classes, **common)
