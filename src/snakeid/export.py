@@ -110,8 +110,8 @@ def eval_batches(
 
 
 def parity(model: torch.nn.Module, session: Any, batches: Sequence[np.ndarray]) -> dict[str, Any]:
-    """ONNX Runtime vs PyTorch on the same inputs: max |difference| of every output, top-1
-    agreement and, with an unknown-species score, agreement of its flag at `unknown_threshold`."""
+    """ONNX Runtime vs PyTorch on the same inputs: top-1 agreement, max |logit difference| and,
+    for a model with an unknown-species score, its max |difference|."""
     names = output_names(model)
     diffs: dict[str, float] = dict.fromkeys(names, 0.0)
     agree, n = 0, 0
