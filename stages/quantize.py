@@ -13,7 +13,7 @@ from snakeid.evaluate import Evaluation, evaluable, prediction_rows
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.quantize import HEADLINE, QuantizeConfig, check_int8, compare, latencies, quantize
-from snakeid.split import model_species
+from snakeid.split import UNKNOWN, model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.taxa import label_index
 from snakeid.utils import write_csv, write_json
@@ -47,12 +47,15 @@ def main() -> None:
     test, _ = evaluable(read_manifest(args.split / "test.csv"), train)
     index = label_index(species)
     y = np.array([index[r["taxon"]] for r in test])
+    heldout = read_manifest(args.split / f"{UNKNOWN}.csv")  # photos of held-out species
     unknown_threshold = meta["decision"]["unknown_threshold"]
     result, probs, unknown = compare(
         args.onnx, args.int8, eval_batches(test, species, size), y, sorted(set(y.tolist())),
         threads=base.threads, unknown_threshold=unknown_threshold,
+        heldout=eval_batches(heldout, None, size) if heldout else (),
     )  # fmt: skip
-    result |= {"method": cfg.method, "calibration_images": len(calib), "n_test": len(test)}
+    result |= {"method": cfg.method, "calibration_images": len(calib), "n_test": len(test),
+               "n_heldout": len(heldout)}  # fmt: skip
     write_json(args.report, result)
     write_json(args.metrics, {k: result[k] for k in HEADLINE})
     rows = prediction_rows(

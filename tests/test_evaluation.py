@@ -189,11 +189,20 @@ def test_quantize_agreement_and_refusal(tmp_path):
     threshold = json.loads((tmp_path / "model_meta.json").read_text())["decision"][
         "unknown_threshold"
     ]
+    heldout = [RNG.standard_normal((5, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)]
     result, probs, unknown = compare(
+        fp32, int8, batches, y, sorted(set(y.tolist())), threads=1, unknown_threshold=threshold,
+        heldout=heldout,
+    )  # fmt: skip
+    assert probs.shape == (16, len(SPECIES)) and unknown.shape == (16,)  # the test photos only
+    # the flag is compared on the test photos and the held-out species' photos together
+    both = 16 * result["unknown_flag_agreement_test"] + 5 * result["unknown_flag_agreement_heldout"]
+    assert result["unknown_flag_agreement"] == pytest.approx(both / 21)
+    alone, _, _ = compare(
         fp32, int8, batches, y, sorted(set(y.tolist())), threads=1, unknown_threshold=threshold
     )
-    assert probs.shape == (16, len(SPECIES)) and unknown.shape == (16,)
-    assert 0.0 <= result["unknown_flag_agreement"] <= 1.0
+    assert alone["unknown_flag_agreement"] == result["unknown_flag_agreement_test"]
+    assert alone["unknown_flag_agreement_heldout"] is None
     assert result["fp32"]["accuracy"] == 1.0  # y is the FP32 model's own prediction
     assert result["top1_agreement"] == pytest.approx(result["int8"]["accuracy"])
     assert result["size_ratio"] == int8.stat().st_size / fp32.stat().st_size  # (QDQ nodes outweigh

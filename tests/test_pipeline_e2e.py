@@ -151,6 +151,9 @@ def test_onnx_models_agree_with_pytorch_on_test_photos(project):
     quant = json.loads((project / "metrics/quantize.json").read_text())  # headline
     agree = q[:n_test].argmax(1) == got[:n_test].argmax(1)  # quantize compares the test photos
     assert quant["top1_agreement"] == pytest.approx(agree.mean())
+    # the unknown flag: compared on the test photos and on the held-out species' photos alike
+    flag_agree = (q_u > score.threshold) == (got_u > score.threshold)
+    assert quant["unknown_flag_agreement"] == pytest.approx(flag_agree.mean())
 
 
 @pytest.mark.slow

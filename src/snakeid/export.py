@@ -94,11 +94,12 @@ def ort_session(path: Path, threads: int = 0, *, spin: bool = True) -> Any:
 
 def eval_batches(
     rows: Sequence[dict[str, str]],
-    species: Sequence[Species],
+    species: Sequence[Species] | None,
     image_size: int,
     batch_size: int = 32,
 ) -> list[np.ndarray]:
-    """The shared eval transform applied to `rows`, as float32 NCHW numpy batches."""
+    """The shared eval transform applied to `rows`, as float32 NCHW numpy batches (`species`
+    None: photos of species the model does not know)."""
     ds = SplitDataset(rows, species, eval_transform(image_size))
     out, batch = [], []
     for i in range(len(ds)):

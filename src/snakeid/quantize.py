@@ -204,21 +204,25 @@ def compare(
     *,
     threads: int,
     unknown_threshold: float,
+    heldout: Sequence[np.ndarray] = (),
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """FP32 vs INT8 on the same preprocessed test batches: size, accuracy, agreement of the
     top-1 and of the unknown-species flag (no timings: this report is a DVC metric and must be
-    the same on every run; see `latencies`).
+    the same on every run; see `latencies`). The flag is also compared on `heldout`, batches of
+    photos of the species held out of training: the photos it exists for.
 
-    Returns the report and the INT8 model's probabilities (N, C) and unknown scores (N,).
+    Returns the report and the INT8 model's probabilities (N, C) and unknown scores (N,) of the
+    test batches.
     """
     from snakeid.export import ort_session
     from snakeid.metrics import macro_f1
 
     result: dict[str, Any] = {}
-    probs, unknown = {}, {}
+    probs, unknown, unknown_heldout = {}, {}, {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         session = ort_session(path, threads)
         probs[name], unknown[name] = run_probs(session, batches)
+        unknown_heldout[name] = run_probs(session, heldout)[1] if heldout else np.zeros(0)
         pred = probs[name].argmax(1)
         result[name] = {
             "bytes": path.stat().st_size,
@@ -226,9 +230,15 @@ def compare(
             "macro_f1": macro_f1(y, pred, labels),
         }
     result["top1_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
-    flags = {k: v > unknown_threshold for k, v in unknown.items()}
-    result["unknown_flag_agreement"] = float((flags["fp32"] == flags["int8"]).mean())
-    result["max_abs_unknown_score_diff"] = float(np.abs(unknown["fp32"] - unknown["int8"]).max())
+    # the flag on every photo it is judged on: known test photos, then held-out species' photos
+    scores = {k: np.concatenate([unknown[k], unknown_heldout[k]]) for k in unknown}
+    agree = (scores["fp32"] > unknown_threshold) == (scores["int8"] > unknown_threshold)
+    result["unknown_flag_agreement"] = float(agree.mean())
+    result["unknown_flag_agreement_test"] = float(agree[: len(unknown["fp32"])].mean())
+    result["unknown_flag_agreement_heldout"] = (
+        float(agree[len(unknown["fp32"]) :].mean()) if heldout else None
+    )
+    result["max_abs_unknown_score_diff"] = float(np.abs(scores["fp32"] - scores["int8"]).max())
     result["size_ratio"] = result["int8"]["bytes"] / result["fp32"]["bytes"]
     result["accuracy_delta"] = result["int8"]["accuracy"] - result["fp32"]["accuracy"]
     return result, probs["int8"], unknown["int8"]
