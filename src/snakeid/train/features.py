@@ -50,15 +50,19 @@ class FeatureCache:
         return cache
 
     @torch.inference_mode()
-    def mapped(self, module: nn.Module, directory: Path, name: str, device: str) -> FeatureCache:
-        """A new cache holding `module` (frozen, eval mode) applied to every view of this one.
+    def mapped(
+        self, module: nn.Module, directory: Path, name: str, device: str, views: int | None = None
+    ) -> FeatureCache:
+        """A new cache holding `module` (frozen, eval mode) applied to every view of this one, or
+        to its first `views`.
 
         Each rank maps its shard of the rows; `directory` must be one that all ranks see.
         """
         assert self.array is not None
         module.eval()
         out = FeatureCache(directory, name)
-        views, n = self.array.shape[:2]
+        n = self.array.shape[1]
+        views = views or self.array.shape[0]
         probe = module(self.batch(np.zeros(1, dtype=int), np.zeros(1, dtype=int)).to(device))
         out._create((views, n, *probe.shape[1:]))
         mine = distributed.strided(n)
@@ -307,7 +311,7 @@ def pooled_view0(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarr
     if middle is None:  # the cache holds pooled features
         return tuple(np.asarray(c.array[0], np.float32) for c in (caches.train, caches.val))  # type: ignore[return-value,index]
     with scratch_near(caches.root) as tmp:
-        mapped = [c.mapped(middle, tmp, f"pooled_{c.path.stem}", device)
+        mapped = [c.mapped(middle, tmp, f"pooled_{c.path.stem}", device, views=1)
                   for c in (caches.train, caches.val)]  # fmt: skip
         return tuple(np.array(c.array[0], np.float32) for c in mapped)  # type: ignore[return-value,index]
 
