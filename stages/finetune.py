@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from snakeid import distributed
 from snakeid.calibration import calibrate_on_val
@@ -26,6 +25,7 @@ from snakeid.stage import run_stage
 from snakeid.train import (
     Caches,
     FinetuneConfig,
+    Holdout,
     Setup,
     TrainHeadConfig,
     finetune_settings,
@@ -147,12 +147,7 @@ def _finetune(
         model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,
         stage="finetune", log=log,
     )  # fmt: skip
-    held = {
-        "logits": torch.from_numpy(result.fit.val_logits),
-        "labels": torch.from_numpy(result.val_labels),
-        "source": "val",
-        "folds": None,
-    }
+    held = Holdout(result.fit.val_logits, result.val_labels, "val").state()
     metrics = result.metrics | {"enabled": True, "lr": fit.lr}
     return result.model, metrics, held
 

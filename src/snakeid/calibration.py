@@ -45,6 +45,15 @@ def venomous_probability(probs: np.ndarray, venomous: Sequence[bool]) -> np.ndar
     return probs[:, np.asarray(venomous, dtype=bool)].sum(1)
 
 
+def possibly_venomous(
+    p_venomous: np.ndarray | float, threshold: float, unknown: np.ndarray | bool
+) -> np.ndarray:
+    """The "possibly venomous" flag, as every consumer shows it: P(any venomous species) ≥
+    `threshold`, or flagged as none of the model's species (a snake it does not know may be
+    venomous). Arrays or scalars."""
+    return (np.asarray(p_venomous) >= threshold) | np.asarray(unknown, dtype=bool)
+
+
 def fit_venomous_threshold(
     p_venomous: np.ndarray, is_venomous: np.ndarray, miss_target: float, cap: float = 0.5
 ) -> float:

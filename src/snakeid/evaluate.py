@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from snakeid.calibration import softmax, venomous_probability, venomous_rule_report
+from snakeid.calibration import (
+    possibly_venomous,
+    softmax,
+    venomous_probability,
+    venomous_rule_report,
+)
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
@@ -204,7 +209,9 @@ def _openset(
     flagged = scores > threshold
     known_venomous = np.array([s.venomous for s in species])
     harmless_top1 = ~known_venomous[probs.argmax(1)]
-    possibly = venomous_probability(probs, known_venomous) >= venomous_threshold
+    alert = possibly_venomous(
+        venomous_probability(probs, known_venomous), venomous_threshold, flagged
+    )
     venomous_of = {s.name: s.venomous for s in unknown_species}
     is_venomous = np.array([venomous_of[r["taxon"]] for r in unknown_rows])
     n_v = int(is_venomous.sum())
@@ -223,9 +230,7 @@ def _openset(
         "dangerous_rate": (
             float((is_venomous & harmless_top1 & ~flagged).sum() / n_v) if n_v else None
         ),
-        "unknown_venomous_caught_rate": (
-            float((is_venomous & (flagged | possibly)).sum() / n_v) if n_v else None
-        ),
+        "unknown_venomous_caught_rate": float((is_venomous & alert).sum() / n_v) if n_v else None,
         "n_unknown_venomous": n_v,
         "per_unknown_species": per,
     }
@@ -248,6 +253,7 @@ def prediction_rows(
     `snakeid predict` says) and the top-k with probabilities."""
     p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
     unknown = ev.unknown_scores > ev.unknown_threshold
+    possibly = possibly_venomous(p_venomous, venomous_threshold, unknown)
     out = []
     for i, (row, p, y, pv) in enumerate(zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True)):
         top = np.argsort(-p)[:k]
@@ -261,7 +267,7 @@ def prediction_rows(
             "actual_venomous": int(species[y].venomous),
             "predicted_venomous": int(species[top[0]].venomous),
             "venomous_probability": round(float(pv), 6),
-            "possibly_venomous": int(pv >= venomous_threshold or unknown[i]),
+            "possibly_venomous": int(possibly[i]),
             "unknown_score": round(float(ev.unknown_scores[i]), 6),
             "unknown": int(unknown[i]),
         }

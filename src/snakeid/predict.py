@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.calibration import softmax, venomous_probability
+from snakeid.calibration import possibly_venomous, softmax, venomous_probability
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
@@ -353,8 +353,7 @@ class Predictor:
         return ImageResult(
             predictions=predictions,
             low_confidence=predictions[0].probability < self.low_confidence,
-            # a snake the model does not know may be venomous: never call it harmless
-            possibly_venomous=venomous_p >= self.venomous_threshold or unknown,
+            possibly_venomous=bool(possibly_venomous(venomous_p, self.venomous_threshold, unknown)),
             venomous_probability=venomous_p,
             unknown_score=unknown_score,
             unknown=unknown,
