@@ -49,7 +49,13 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from snakeid.calibration import calibrate_on_val, softmax, venomous_probability  # noqa: E402
+from snakeid.calibration import (  # noqa: E402
+    calibrate_on_val,
+    flagged_unknown,
+    possibly_venomous,
+    softmax,
+    venomous_probability,
+)
 from snakeid.openset import (  # noqa: E402
     Combined,
     Energy,
@@ -58,8 +64,8 @@ from snakeid.openset import (  # noqa: E402
     NearestNeighbour,
     OpenSetScore,
     UnknownScore,
-    auroc,
     fit_threshold,
+    open_set_rates,
     size_mb,
 )
 from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
@@ -89,8 +95,10 @@ COMBINED: dict[str, tuple[tuple[str, ...], bool]] = {
     "msp_t4+knn1_sqrt_per_class": (("msp_t4", "knn1_sqrt"), True),
 }
 DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
-METRICS = ("auroc", "known_flagged", "unknown_flagged", "dangerous", "combined_caught",
-           "known_harmless_alerted")  # fmt: skip
+METRICS = ("auroc", "known_flagged_rate", "unknown_flagged_rate", "dangerous_rate",
+           "unknown_venomous_caught_rate", "known_harmless_alerted_rate")  # fmt: skip
+# what the venomous rule alone gives (nothing flagged unknown)
+NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_harmless_alerted_rate")
 
 
 @dataclass
@@ -206,32 +214,34 @@ def probe_outputs(
 
 @dataclass(frozen=True)
 class Decisions:
-    """What the classifier and the venomous rule decide for the evaluated photos: the known test
+    """What the classifier and the venomous rule say of the evaluated photos: the known test
     photos first (`n_test`), then every photo of the unknown species."""
 
     n_test: int
     top1_harmless: np.ndarray  # (M,) the top-1 species is harmless
-    possibly_venomous: np.ndarray  # (M,) the venomous rule fires
+    p_venomous: np.ndarray  # (M,) P(any venomous species), calibrated
+    venomous_threshold: float  # the venomous rule fires at P(venomous) >= this
     known_harmless: np.ndarray  # (n_test,) the known photo's true species is harmless
     unknown_venomous: np.ndarray  # (M - n_test,) the unknown photo's species is venomous
 
     def report(self, scores: np.ndarray, threshold: float) -> dict[str, float]:
-        n, uv = self.n_test, self.unknown_venomous
-        flagged = scores > threshold
-        alert = flagged | self.possibly_venomous  # "unknown species OR possibly venomous"
-        return {
-            "auroc": auroc(scores[:n], scores[n:]),
-            "known_flagged": float(flagged[:n].mean()),
-            "unknown_flagged": float(flagged[n:].mean()),
-            "dangerous": float((self.top1_harmless[n:] & ~flagged[n:])[uv].mean()),
-            "combined_caught": float(alert[n:][uv].mean()),
-            "known_harmless_alerted": float(alert[:n][self.known_harmless].mean()),
-        }
+        """`evaluate`'s open-set rates, and the known harmless photos alerted (flagged unknown
+        OR possibly venomous)."""
+        n = self.n_test
+        rates = open_set_rates(
+            scores[:n], scores[n:], threshold, top1_harmless=self.top1_harmless[n:],
+            p_venomous=self.p_venomous[n:], venomous_threshold=self.venomous_threshold,
+            venomous=self.unknown_venomous,
+        )  # fmt: skip
+        alert = possibly_venomous(
+            self.p_venomous[:n], self.venomous_threshold, flagged_unknown(scores[:n], threshold)
+        )
+        return rates | {"known_harmless_alerted_rate": float(alert[self.known_harmless].mean())}
 
     def without_openset(self) -> dict[str, float]:
         """The same rates when nothing is ever flagged unknown."""
         r = self.report(np.zeros(len(self.top1_harmless)), 0.0)
-        return {k: r[k] for k in ("dangerous", "combined_caught", "known_harmless_alerted")}
+        return {k: r[k] for k in NO_SCORE_METRICS}
 
 
 def score_values(
@@ -276,7 +286,8 @@ def evaluate_fold(
     decisions = Decisions(
         n_test=len(test),
         top1_harmless=~venomous[logits.argmax(1)],
-        possibly_venomous=pv >= cal["venomous_threshold"],
+        p_venomous=pv,
+        venomous_threshold=cal["venomous_threshold"],
         known_harmless=~venomous[y_known[test]],
         unknown_venomous=photos.venomous[photos.y[unknown]],
     )
@@ -326,7 +337,8 @@ def summarise(runs: list[list[dict[str, dict[str, float]]]]) -> dict[str, Any]:
 def recommend(candidates: dict[str, Any], tolerance: float = 0.01) -> str:
     """The best mean AUROC among scores that flag ≤ 10 % of known photos; within `tolerance` of
     it, the one with the smallest constants (it is embedded in the exported model)."""
-    ok = {n: c for n, c in candidates.items() if c["mean"]["known_flagged"] <= 0.10} or candidates
+    ok = {n: c for n, c in candidates.items() if c["mean"]["known_flagged_rate"] <= 0.10}
+    ok = ok or candidates
     best = max(c["mean"]["auroc"] for c in ok.values())
     close = [n for n, c in ok.items() if c["mean"]["auroc"] >= best - tolerance]
     return min(close, key=lambda n: (ok[n]["size_mb"], -ok[n]["mean"]["auroc"]))
@@ -473,15 +485,17 @@ def markdown(result: dict[str, Any]) -> str:
     for name, c in sorted(cands.items(), key=lambda i: -i[1]["mean"]["auroc"]):
         lines.append(
             f"| {name} | {c['mean']['auroc']:.3f} ± {c['sd_rotations']['auroc']:.3f} "
-            f"({c['sd_folds']['auroc']:.3f}) | {_pct(c, 'known_flagged')} "
-            f"| {_pct(c, 'unknown_flagged')} | {_pct(c, 'dangerous')} "
-            f"| {_pct(c, 'combined_caught')} | {_pct(c, 'known_harmless_alerted')} "
+            f"({c['sd_folds']['auroc']:.3f}) | {_pct(c, 'known_flagged_rate')} "
+            f"| {_pct(c, 'unknown_flagged_rate')} | {_pct(c, 'dangerous_rate')} "
+            f"| {_pct(c, 'unknown_venomous_caught_rate')} "
+            f"| {_pct(c, 'known_harmless_alerted_rate')} "
             f"| {c['size_mb']:.2f} |"
         )
     b = result["baseline_no_openset"]
     lines.append(
-        f"| *(no open-set score)* | — | — | — | {_pct(b, 'dangerous')} "
-        f"| {_pct(b, 'combined_caught')} | {_pct(b, 'known_harmless_alerted')} | — |"
+        f"| *(no open-set score)* | — | — | — | {_pct(b, 'dangerous_rate')} "
+        f"| {_pct(b, 'unknown_venomous_caught_rate')} "
+        f"| {_pct(b, 'known_harmless_alerted_rate')} | — |"
     )
     lines += ["", "Held-out (unknown) species per rotation, venomous in bold:", ""]
     shown = ("msp", DEPLOYED)
@@ -498,6 +512,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         lines.append(f"Deal {p + 1} (rotations {part.start + 1}-{part.stop}): mean AUROC {means}.")
     rec, dep = cands[result["recommended"]], cands[DEPLOYED]
+    known_flagged = dep["mean"]["known_flagged_rate"]
     lines += [
         "",
         f"Recommended by the rule in `recommend` (best mean AUROC among scores flagging ≤ 10 % "
@@ -509,7 +524,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{UnknownScore.NAME}`), fitted as `finetune` fits it (calibrated logits). Targets of "
         f"issue 17 for it: mean AUROC ≥ 0.80: {_met(dep['mean']['auroc'] >= 0.80)} "
         f"({dep['mean']['auroc']:.3f}); ≤ 10 % of known photos flagged: "
-        f"{_met(dep['mean']['known_flagged'] <= 0.10)} ({100 * dep['mean']['known_flagged']:.1f} "
+        f"{_met(known_flagged <= 0.10)} ({100 * known_flagged:.1f} "
         f"%); better than MSP: {_met(dep['mean']['auroc'] > cands['msp']['mean']['auroc'])}.",
     ]
     return "\n".join(lines) + "\n"

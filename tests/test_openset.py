@@ -185,7 +185,7 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     assert "msp" in result["candidates"] and result["recommended"] in result["candidates"]
     for name, c in result["candidates"].items():
         assert 0.0 <= c["mean"]["auroc"] <= 1.0, name
-        assert 0.0 <= c["mean"]["known_flagged"] <= 1.0, name
+        assert 0.0 <= c["mean"]["known_flagged_rate"] <= 1.0, name
         assert c["size_mb"] >= 0.0, name
     md = out.with_suffix(".md").read_text()
     assert "| score |" in md and "msp" in md

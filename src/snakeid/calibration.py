@@ -1,6 +1,8 @@
-"""Post-hoc decisions fitted on the validation split: temperature scaling and the venomous rule.
+"""Post-hoc decisions fitted on the validation split: temperature scaling and the venomous rule,
+and the two flags every consumer shows (possibly venomous; not one of the known species, whose
+score and threshold `snakeid.openset` fits).
 
-Both are chosen on val only (never on test) by the `finetune` stage, stored in the checkpoint,
+All are chosen on val only (never on test) by the `finetune` stage, stored in the checkpoint,
 baked into / written beside the exported model, and reported on test by `evaluate`.
 """
 
@@ -43,6 +45,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def venomous_probability(probs: np.ndarray, venomous: Sequence[bool]) -> np.ndarray:
     """P(the snake is of any venomous species) = summed probability of venomous classes."""
     return probs[:, np.asarray(venomous, dtype=bool)].sum(1)
+
+
+def flagged_unknown(score: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The "not one of the species this model knows" flag, as every consumer shows it: the
+    unknown-species score above `threshold` (`snakeid.openset.fit_threshold` lets
+    `finetune.known_pass_rate` of known held-out photos pass). Arrays or scalars."""
+    return np.asarray(score) > threshold
 
 
 def possibly_venomous(

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snakeid.calibration import (
+    flagged_unknown,
     possibly_venomous,
     softmax,
     venomous_probability,
@@ -23,7 +24,7 @@ from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
-from snakeid.openset import auroc
+from snakeid.openset import open_set_rates
 from snakeid.taxa import Species, label_index
 from snakeid.utils import Progress
 
@@ -187,34 +188,23 @@ def _openset(
     threshold: float,
     venomous_threshold: float,
 ) -> dict[str, Any]:
-    """The unknown-species flag on known test photos and on photos of held-out species.
-
-    `dangerous_rate`: of the unknown venomous photos, the share whose top-1 is a known harmless
-    species and which are not flagged unknown, i.e. what a user would read as "harmless".
-    `unknown_venomous_caught_rate`: the share flagged unknown or possibly venomous (an unknown
-    snake counts as possibly venomous)."""
+    """The unknown-species flag on known test photos and on photos of held-out species
+    (`snakeid.openset.open_set_rates`), and the share flagged of each held-out species."""
     out: dict[str, Any] = {
         "threshold": threshold,
-        "known_flagged_rate": float((known_scores > threshold).mean()),
         "n_known": len(known_scores),
         "n_unknown": len(unknown_rows),
         "unknown_species": [s.name for s in unknown_species],
     }
-    none = dict.fromkeys(("auroc", "unknown_flagged_rate", "dangerous_rate",
-                          "unknown_venomous_caught_rate"))  # fmt: skip
-    if not unknown_rows:
-        return out | none | {"per_unknown_species": {}}
-    logits, scores = predict(list(unknown_rows))
+    if unknown_rows:
+        logits, scores = predict(list(unknown_rows))
+    else:
+        logits, scores = np.zeros((0, len(species))), np.zeros(0)
     probs = softmax(logits)
-    flagged = scores > threshold
     known_venomous = np.array([s.venomous for s in species])
-    harmless_top1 = ~known_venomous[probs.argmax(1)]
-    alert = possibly_venomous(
-        venomous_probability(probs, known_venomous), venomous_threshold, flagged
-    )
     venomous_of = {s.name: s.venomous for s in unknown_species}
-    is_venomous = np.array([venomous_of[r["taxon"]] for r in unknown_rows])
-    n_v = int(is_venomous.sum())
+    is_venomous = np.array([venomous_of[r["taxon"]] for r in unknown_rows], dtype=bool)
+    flagged = flagged_unknown(scores, threshold)
     per = {
         s.name: {
             "photos": int(m.sum()),
@@ -222,18 +212,18 @@ def _openset(
             "venomous": s.venomous,
         }
         for s in unknown_species
-        for m in [np.array([r["taxon"] == s.name for r in unknown_rows])]
+        for m in [np.array([r["taxon"] == s.name for r in unknown_rows], dtype=bool)]
     }
-    return out | {
-        "auroc": auroc(known_scores, scores),
-        "unknown_flagged_rate": float(flagged.mean()),
-        "dangerous_rate": (
-            float((is_venomous & harmless_top1 & ~flagged).sum() / n_v) if n_v else None
-        ),
-        "unknown_venomous_caught_rate": float((is_venomous & alert).sum() / n_v) if n_v else None,
-        "n_unknown_venomous": n_v,
-        "per_unknown_species": per,
-    }
+    rates = open_set_rates(
+        known_scores,
+        scores,
+        threshold,
+        top1_harmless=~known_venomous[probs.argmax(1)],
+        p_venomous=venomous_probability(probs, known_venomous),
+        venomous_threshold=venomous_threshold,
+        venomous=is_venomous,
+    )
+    return out | rates | {"n_unknown_venomous": int(is_venomous.sum()), "per_unknown_species": per}
 
 
 def evaluable(
@@ -252,7 +242,7 @@ def prediction_rows(
     venomous" rule at `venomous_threshold` (an unknown snake counts as possibly venomous, as
     `snakeid predict` says) and the top-k with probabilities."""
     p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
-    unknown = ev.unknown_scores > ev.unknown_threshold
+    unknown = flagged_unknown(ev.unknown_scores, ev.unknown_threshold)
     possibly = possibly_venomous(p_venomous, venomous_threshold, unknown)
     out = []
     for i, (row, p, y, pv) in enumerate(zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True)):

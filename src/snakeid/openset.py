@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from snakeid.calibration import flagged_unknown, possibly_venomous
 from snakeid.errors import UserError
 
 if TYPE_CHECKING:
@@ -314,7 +315,8 @@ class Combined:
 
 
 def fit_threshold(known_scores: np.ndarray, pass_rate: float = 0.95) -> float:
-    """Smallest threshold t with at least `pass_rate` of `known_scores` ≤ t ("unknown" is > t)."""
+    """Smallest threshold t with at least `pass_rate` of `known_scores` ≤ t (the flag,
+    `calibration.flagged_unknown`, is score > t)."""
     s = np.sort(np.asarray(known_scores, dtype=np.float64))
     if not 0.0 < pass_rate <= 1.0 or len(s) == 0:
         raise ValueError(f"need known scores and 0 < pass_rate ≤ 1, got {len(s)}, {pass_rate}")
@@ -332,6 +334,43 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     n_k, n_u = len(known), len(unknown)
     u = ranks[n_k:].sum() - n_u * (n_u + 1) / 2.0
     return float(u / (n_k * n_u))
+
+
+def open_set_rates(
+    known_scores: np.ndarray,
+    unknown_scores: np.ndarray,
+    threshold: float,
+    *,
+    top1_harmless: np.ndarray,
+    p_venomous: np.ndarray,
+    venomous_threshold: float,
+    venomous: np.ndarray,
+) -> dict[str, float | None]:
+    """How the unknown flag at `threshold` serves known photos (`known_scores`) and photos of
+    species the model does not know (`unknown_scores`, with per photo: the top-1 is a harmless
+    known species, P(venomous), the true species is venomous); `evaluate` and bench/openset.py
+    report these.
+
+    `dangerous_rate`: of the unknown venomous photos, the share whose top-1 is a known harmless
+    species and which are not flagged unknown, i.e. what a user would read as "harmless".
+    `unknown_venomous_caught_rate`: the share flagged unknown or possibly venomous (an unknown
+    snake counts as possibly venomous). Rates without photos to judge them on are None.
+    """
+    known_flagged = float(flagged_unknown(known_scores, threshold).mean())
+    if len(unknown_scores) == 0:
+        judged = ("auroc", "unknown_flagged_rate", "dangerous_rate", "unknown_venomous_caught_rate")
+        return dict.fromkeys(judged) | {"known_flagged_rate": known_flagged}
+    flagged = flagged_unknown(unknown_scores, threshold)
+    alert = possibly_venomous(p_venomous, venomous_threshold, flagged)
+    venomous = np.asarray(venomous, dtype=bool)
+    n_v = int(venomous.sum())
+    return {
+        "auroc": auroc(known_scores, unknown_scores),
+        "known_flagged_rate": known_flagged,
+        "unknown_flagged_rate": float(flagged.mean()),
+        "dangerous_rate": float((venomous & top1_harmless & ~flagged).sum() / n_v) if n_v else None,
+        "unknown_venomous_caught_rate": float((venomous & alert).sum() / n_v) if n_v else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +427,7 @@ class UnknownScore:
         report = {
             "held_photos": int(len(held)),
             "bank_photos": int(len(bank)),
-            "held_flagged_rate": float((scores > threshold).mean()),
+            "held_flagged_rate": float(flagged_unknown(scores, threshold).mean()),
             "constants_mb": round(size_mb(combined), 3),
         }
         return cls(combined, threshold, known_pass_rate, report)

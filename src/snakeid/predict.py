@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.calibration import possibly_venomous, softmax, venomous_probability
+from snakeid.calibration import (
+    flagged_unknown,
+    possibly_venomous,
+    softmax,
+    venomous_probability,
+)
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
@@ -349,7 +354,7 @@ class Predictor:
         )
         # The same rule `evaluate` reports on test: summed probability of the venomous species.
         venomous_p = float(venomous_probability(probs[None, :], self._venomous)[0])  # (1, C)
-        unknown = unknown_score > self.meta.unknown_threshold
+        unknown = bool(flagged_unknown(unknown_score, self.meta.unknown_threshold))
         return ImageResult(
             predictions=predictions,
             low_confidence=predictions[0].probability < self.low_confidence,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from snakeid.calibration import softmax
+from snakeid.calibration import flagged_unknown, softmax
 from snakeid.config import spec
 from snakeid.errors import UserError
 from snakeid.export import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME
@@ -232,7 +232,8 @@ def compare(
         }
     result["top1_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
     # the flag on every photo it is judged on: known test photos, then held-out species' photos
-    agree = (unknown["fp32"] > unknown_threshold) == (unknown["int8"] > unknown_threshold)
+    flags = {name: flagged_unknown(scores, unknown_threshold) for name, scores in unknown.items()}
+    agree = flags["fp32"] == flags["int8"]
     result["unknown_flag_agreement"] = float(agree.mean())
     result["unknown_flag_agreement_test"] = float(agree[:n].mean())
     result["unknown_flag_agreement_heldout"] = float(agree[n:].mean()) if heldout else None
