@@ -95,6 +95,7 @@ COMBINED: dict[str, tuple[tuple[str, ...], bool]] = {
     "msp_t4+knn1_sqrt_per_class": (("msp_t4", "knn1_sqrt"), True),
 }
 DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
+DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
 METRICS = ("auroc", "known_flagged_rate", "unknown_flagged_rate", "dangerous_rate",
            "unknown_venomous_caught_rate", "known_harmless_alerted_rate")  # fmt: skip
 # what the venomous rule alone gives (nothing flagged unknown)
@@ -302,14 +303,15 @@ def evaluate_fold(
         for name, (held_out, scores) in values.items()
     }
     # the pipeline's own score, fitted as `finetune` fits it: on the calibrated out-of-fold
-    # logits of the training photos and their inner folds, the bank every training photo
+    # logits of the training photos and their inner folds, the bank every training photo (every
+    # cached view of it)
     t = cal["temperature"]
-    x_train = np.asarray(photos.x[0, train], np.float32)
-    deployed = UnknownScore.fit(
-        x_train, x_train, oof / t, bank_folds=inner, held_folds=inner, known_pass_rate=s.pass_rate
-    )
-    scores = deployed.score(np.asarray(photos.x[0, evaluated], np.float32), logits / t)
-    result[DEPLOYED] = decisions.report(scores, deployed.threshold)
+    views = np.asarray(photos.x[:, train], np.float32)
+    for name, bank in ((DEPLOYED, views), (DEPLOYED_VIEW0, views[:1])):
+        deployed = UnknownScore.fit(bank, views[0], oof / t, bank_folds=inner, held_folds=inner,
+                                    known_pass_rate=s.pass_rate)  # fmt: skip
+        scores = deployed.score(np.asarray(photos.x[0, evaluated], np.float32), logits / t)
+        result[name] = decisions.report(scores, deployed.threshold)
     return result | {"none": decisions.without_openset()}
 
 
@@ -412,8 +414,9 @@ def main() -> None:
         full[name] = Combined(tuple(full[p] for p in parts), np.zeros(shape), np.zeros(len(parts)))
     folds = np.arange(len(photos.y)) % s.folds  # any folds: only the constants' size is used
     logits0 = np.zeros((len(photos.y), len(photos.species)))
-    full[DEPLOYED] = UnknownScore.fit(x0, x0, logits0, bank_folds=folds, held_folds=folds,
+    full[DEPLOYED] = UnknownScore.fit(x0[None], x0, logits0, bank_folds=folds, held_folds=folds,
                                       known_pass_rate=s.pass_rate).combined  # fmt: skip
+    full[DEPLOYED_VIEW0] = full[DEPLOYED]  # the same arrays
     for name, score in full.items():
         candidates[name]["size_mb"] = round(size_mb(score), 3)
     result = {
@@ -521,7 +524,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{rec['size_mb']:.2f} MB of float32 constants.",
         "",
         f"`{DEPLOYED}` is the score the pipeline exports (`snakeid.openset.UnknownScore`, "
-        f"`{UnknownScore.NAME}`), fitted as `finetune` fits it (calibrated logits). Targets of "
+        f"`{UnknownScore.NAME}`), fitted as `finetune` fits it: calibrated logits, and a bank "
+        f"row is a training photo's pooled features averaged over its cached views "
+        f"(`{DEPLOYED_VIEW0}`: view 0 alone, the eval transform, as every query). Targets of "
         f"issue 17 for it: mean AUROC ≥ 0.80: {_met(dep['mean']['auroc'] >= 0.80)} "
         f"({dep['mean']['auroc']:.3f}); ≤ 10 % of known photos flagged: "
         f"{_met(known_flagged <= 0.10)} ({100 * known_flagged:.1f} "

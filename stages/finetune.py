@@ -31,7 +31,7 @@ from snakeid.train import (
     finetune_settings,
     fit_spec,
     load_caches,
-    pooled_view0,
+    pooled_views,
     prepare,
     train_tail,
 )
@@ -112,15 +112,15 @@ def _unknown_score(
     """Fit the unknown-species score on the photos the calibration used: the out-of-fold
     train+val photos of a refitted probe (its folds), else the val photos against the train
     photos. The bank of the deployed score is the photos the classifier trained on."""
-    train, val = pooled_view0(model, caches, device)
+    train, val = pooled_views(model, caches, device)  # (V, N, D)
     logits = held["logits"].numpy() / temperature  # calibrated, as the deployed model's
     if held["folds"] is not None:
-        every = np.concatenate([train, val])
+        every = np.concatenate([train, val], axis=1)
         folds = held["folds"].numpy()
-        bank, held_x, bank_folds, held_folds = every, every, folds, folds
+        bank, held_x, bank_folds, held_folds = every, every[0], folds, folds
     else:
-        bank, held_x = train, val
-        bank_folds, held_folds = np.full(len(train), -1), np.zeros(len(val), int)
+        bank, held_x = train, val[0]
+        bank_folds, held_folds = np.full(train.shape[1], -1), np.zeros(val.shape[1], int)
     return UnknownScore.fit(
         bank, held_x, logits, bank_folds=bank_folds, held_folds=held_folds,
         known_pass_rate=cfg.known_pass_rate,

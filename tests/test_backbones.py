@@ -61,7 +61,9 @@ def _unknown_score(model, split_dir, temperature):
         logits = (model.head(z) / temperature).numpy()
     folds = np.arange(len(x)) % 3
     z = z.numpy()
-    return UnknownScore.fit(z, z, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9)
+    return UnknownScore.fit(
+        z[None], z, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9
+    )
 
 
 def _export_and_quantize(model, split_dir, tmp_path):

@@ -203,8 +203,9 @@ def _soft_logits(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def _fitted(seed: int = 0):
     x, y, centres = _clusters(seed)
     folds = np.arange(len(y)) % 5
+    logits = _soft_logits(x, centres)
     return UnknownScore.fit(
-        x, x, _soft_logits(x, centres), bank_folds=folds, held_folds=folds, known_pass_rate=0.9
+        x[None], x, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9
     ), x, y, centres  # fmt: skip
 
 
@@ -223,8 +224,25 @@ def test_unknown_score_out_of_fold_excludes_the_photos_own_fold() -> None:
     x, y, centres = _clusters(1)
     folds = np.arange(len(y)) % 4
     logits = _logits(x, centres)
-    fitted = UnknownScore.fit(x, x, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9)
+    fitted = UnknownScore.fit(
+        x[None], x, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9
+    )
     assert fitted.combined.offset[1].min() > 1e-4  # mean 1-NN distance per class, out of fold
+
+
+def test_unknown_score_bank_row_is_a_photos_mean_over_its_views() -> None:
+    x, y, centres = _clusters(2)
+    rng = np.random.default_rng(0)
+    views = np.stack([x, np.abs(x + rng.normal(0, 0.5, x.shape)).astype(np.float32)])
+    folds = np.arange(len(y)) % 4
+    logits = _logits(x, centres)
+    fitted = UnknownScore.fit(
+        views, x, logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.9
+    )
+    mean = NearestNeighbour.fit(views.mean(0), power=UnknownScore.KNN_POWER)
+    np.testing.assert_allclose(fitted.bank, mean.bank, rtol=1e-6)
+    # the photo itself (view 0) is no longer exactly a bank row: its distance is not zero
+    assert (fitted.combined.parts[1].score(x, logits) > 1e-6).all()
 
 
 def test_unknown_score_module_and_state_match_numpy() -> None:

@@ -92,7 +92,7 @@ def tiny_unknown_score(net: Any, image_size: int, photos: int = 24) -> Any:
         logits = net.head(z).numpy()
     folds = np.arange(photos) % 3
     return UnknownScore.fit(
-        z.numpy(), z.numpy(), logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.95
+        z.numpy()[None], z.numpy(), logits, bank_folds=folds, held_folds=folds, known_pass_rate=0.95
     )
 
 

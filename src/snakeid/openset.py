@@ -381,8 +381,9 @@ def open_set_rates(
 class UnknownScore:
     """The unknown-species score of the deployed model, chosen on real photos (bench/openset.md):
     `Combined` of a softened MSP (calibrated logits / `MSP_TEMPERATURE`) and the cosine
-    distance of the square-rooted pooled features to the nearest training photo's, each centred
-    per top-1 class and scaled; flagged "unknown" above `threshold`.
+    distance of the square-rooted pooled features to the nearest training photo's (its mean
+    over the cached views), each centred per top-1 class and scaled; flagged "unknown" above
+    `threshold`.
 
     Fitted on photos the classifier did not train on (`fit`); `module` computes the same score
     from pooled features and calibrated logits inside the exported graph.
@@ -400,7 +401,7 @@ class UnknownScore:
     @classmethod
     def fit(
         cls,
-        bank: np.ndarray,
+        bank_views: np.ndarray,
         held: np.ndarray,
         held_logits: np.ndarray,
         *,
@@ -408,11 +409,15 @@ class UnknownScore:
         held_folds: np.ndarray,
         known_pass_rate: float,
     ) -> UnknownScore:
-        """`bank` (M, D): pooled features of the training photos (the deployed nearest-neighbour
-        bank). `held` (N, D) and `held_logits` (N, C, calibrated): photos whose values the
-        centring, scaling and threshold are fitted on, each compared only with bank photos of
-        another fold (`bank_folds` (M,), `held_folds` (N,)): out-of-fold photos of a refitted
-        probe (the bank is then the same photos), or val photos against a train bank."""
+        """`bank_views` (V, M, D): pooled features of every cached view of the training photos.
+        A row of the deployed nearest-neighbour bank is a photo's mean over its views (view 0 the
+        eval transform, the others augmented): that photo under the crops and colours training
+        draws, not one crop of it (bench/openset.md). `held` (N, D) and `held_logits` (N, C,
+        calibrated): photos (view 0) whose values the centring, scaling and threshold are
+        fitted on, each compared only with bank photos of another fold (`bank_folds` (M,),
+        `held_folds` (N,)): out-of-fold photos of a refitted probe (the bank is then the same
+        photos), or val photos against a train bank."""
+        bank = np.asarray(bank_views, np.float32).mean(0)
         msp = MaxSoftmax(cls.MSP_TEMPERATURE)
         values = np.zeros((2, len(held)))
         values[0] = msp.score(held, held_logits)
@@ -484,7 +489,8 @@ class UnknownScore:
                 "sum over parts p of (value_p - offset[p, top-1 class]) / scale[p]; parts: "
                 f"1 - max softmax(logits / {self.MSP_TEMPERATURE:g}), and 1 - cosine "
                 "similarity of the square-rooted pooled features to the nearest training "
-                "photo's; higher = less likely a known species"
+                "photo's (its pooled features averaged over the cached views); higher = less "
+                "likely a known species"
             ),
             "threshold": self.threshold,
             "known_pass_rate": self.known_pass_rate,

@@ -36,7 +36,7 @@ from snakeid.train.features import (
     FeatureCache,
     cache_features,
     load_caches,
-    pooled_view0,
+    pooled_views,
     view_datasets,
 )
 from snakeid.train.head import Holdout, train_probe
@@ -71,7 +71,7 @@ __all__ = [
     "freeze_all_but",
     "load_caches",
     "lr_factor",
-    "pooled_view0",
+    "pooled_views",
     "predict_cached",
     "prepare",
     "probe_balance",

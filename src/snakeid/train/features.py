@@ -50,19 +50,15 @@ class FeatureCache:
         return cache
 
     @torch.inference_mode()
-    def mapped(
-        self, module: nn.Module, directory: Path, name: str, device: str, views: int | None = None
-    ) -> FeatureCache:
-        """A new cache holding `module` (frozen, eval mode) applied to every view of this one, or
-        to its first `views`.
+    def mapped(self, module: nn.Module, directory: Path, name: str, device: str) -> FeatureCache:
+        """A new cache holding `module` (frozen, eval mode) applied to every view of this one.
 
         Each rank maps its shard of the rows; `directory` must be one that all ranks see.
         """
         assert self.array is not None
         module.eval()
         out = FeatureCache(directory, name)
-        n = self.array.shape[1]
-        views = views or self.array.shape[0]
+        views, n = self.array.shape[:2]
         probe = module(self.batch(np.zeros(1, dtype=int), np.zeros(1, dtype=int)).to(device))
         out._create((views, n, *probe.shape[1:]))
         mine = distributed.strided(n)
@@ -304,16 +300,17 @@ def cache_features(
     )
 
 
-def pooled_view0(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features (N, D) float32 of view 0 (the eval transform) of the train and the val
-    photos, through `model`'s current weights from the cache's cut (collective under torchrun)."""
+def pooled_views(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (V, N, D) float32 of every cached view of the train and the val photos
+    (view 0 the eval transform), through `model`'s current weights from the cache's cut
+    (collective under torchrun)."""
     middle = model.frozen_between(caches.cut, 0)
     if middle is None:  # the cache holds pooled features
-        return tuple(np.asarray(c.array[0], np.float32) for c in (caches.train, caches.val))  # type: ignore[return-value,index]
+        return tuple(np.asarray(c.array, np.float32) for c in (caches.train, caches.val))  # type: ignore[return-value]
     with scratch_near(caches.root) as tmp:
-        mapped = [c.mapped(middle, tmp, f"pooled_{c.path.stem}", device, views=1)
+        mapped = [c.mapped(middle, tmp, f"pooled_{c.path.stem}", device)
                   for c in (caches.train, caches.val)]  # fmt: skip
-        return tuple(np.array(c.array[0], np.float32) for c in mapped)  # type: ignore[return-value,index]
+        return tuple(np.array(c.array, np.float32) for c in mapped)  # type: ignore[return-value]
 
 
 def load_caches(
