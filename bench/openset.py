@@ -96,8 +96,6 @@ COMBINED: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
-METRICS = ("auroc", "known_flagged_rate", "unknown_flagged_rate", "dangerous_rate",
-           "unknown_venomous_caught_rate", "known_harmless_alerted_rate")  # fmt: skip
 # what the venomous rule alone gives (nothing flagged unknown)
 NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_harmless_alerted_rate")
 
@@ -307,10 +305,11 @@ def evaluate_fold(
     # cached view of it)
     t = cal["temperature"]
     views = np.asarray(photos.x[:, train], np.float32)
+    x_eval = np.asarray(photos.x[0, evaluated], np.float32)
     for name, bank in ((DEPLOYED, views), (DEPLOYED_VIEW0, views[:1])):
         deployed = UnknownScore.fit(bank, views[0], oof / t, bank_folds=inner, held_folds=inner,
                                     known_pass_rate=s.pass_rate)  # fmt: skip
-        scores = deployed.score(np.asarray(photos.x[0, evaluated], np.float32), logits / t)
+        scores = deployed.score(x_eval, logits / t)
         result[name] = decisions.report(scores, deployed.threshold)
     return result | {"none": decisions.without_openset()}
 
