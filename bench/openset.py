@@ -24,6 +24,8 @@ Protocol:
   top-1 is a known harmless species and which is not flagged unknown), and the share of unknown
   venomous photos caught by "flagged unknown OR possibly venomous".
 * Means and sds over rotations (of each rotation's mean over folds), and sds over all folds.
+* The deployed score's safety trade-off: the same rates with the unknown threshold and the
+  venomous rule refitted for each (`known_pass_rate`, `venomous_miss_target`) of a small grid.
 
 Probe outputs (per-photo logits) are cached under `--work` (/tmp), never in the repository;
 the JSON and markdown hold aggregate numbers only.
@@ -98,6 +100,10 @@ DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline expor
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
 # what the venomous rule alone gives (nothing flagged unknown)
 NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_harmless_alerted_rate")
+# the deployed score's safety trade-off: finetune.known_pass_rate x finetune.venomous_miss_target
+# (each row refitted on the training folds as finetune fits it)
+TRADE_OFF_PASS_RATES = (0.95, 0.90, 0.80)
+TRADE_OFF_MISS_TARGETS = (0.02, 0.01, 0.005, 0.0)
 
 
 @dataclass
@@ -266,8 +272,9 @@ def score_values(
 
 def evaluate_fold(
     photos: Photos, held: np.ndarray, fold_of: np.ndarray, fold: int, s: Settings, cache: Path
-) -> dict[str, dict[str, float]]:
-    """Every candidate's metrics for one (rotation, fold): {candidate: {metric: value}}."""
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Every candidate's metrics for one (rotation, fold), {candidate: {metric: value}}, and the
+    deployed score's at each setting of the trade-off grid, {setting: {metric: value}}."""
     is_unknown = np.isin(photos.y, held)
     known_species = [sp for i, sp in enumerate(photos.species) if i not in held]
     # label among the known species (meaningless for the unknown photos)
@@ -279,17 +286,22 @@ def evaluate_fold(
     logits, oof = out["logits"], out["oof"]
 
     venomous = np.array([sp.venomous for sp in known_species])
-    cal = calibrate_on_val(oof, y_known[train], known_species, temperature_scaling=True,
-                           miss_target=s.miss_target)  # fmt: skip
-    pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
-    decisions = Decisions(
-        n_test=len(test),
-        top1_harmless=~venomous[logits.argmax(1)],
-        p_venomous=pv,
-        venomous_threshold=cal["venomous_threshold"],
-        known_harmless=~venomous[y_known[test]],
-        unknown_venomous=photos.venomous[photos.y[unknown]],
-    )
+
+    def decisions_at(miss_target: float) -> tuple[Decisions, float]:
+        """The venomous rule fitted for `miss_target`, and the temperature."""
+        cal = calibrate_on_val(oof, y_known[train], known_species, temperature_scaling=True,
+                               miss_target=miss_target)  # fmt: skip
+        decisions = Decisions(
+            n_test=len(test),
+            top1_harmless=~venomous[logits.argmax(1)],
+            p_venomous=venomous_probability(softmax(logits, cal["temperature"]), venomous),
+            venomous_threshold=cal["venomous_threshold"],
+            known_harmless=~venomous[y_known[test]],
+            unknown_venomous=photos.venomous[photos.y[unknown]],
+        )
+        return decisions, cal["temperature"]
+
+    decisions, t = decisions_at(s.miss_target)
     # the inner folds of out_of_fold_logits (the same call) give out-of-fold score values
     inner = grouped_folds(y_known[train], [photos.groups[i] for i in train], s.folds, s.seed)
     values = score_values(
@@ -303,15 +315,27 @@ def evaluate_fold(
     # the pipeline's own score, fitted as `finetune` fits it: on the calibrated out-of-fold
     # logits of the training photos and their inner folds, the bank every training photo (every
     # cached view of it)
-    t = cal["temperature"]
     views = np.asarray(photos.x[:, train], np.float32)
     x_eval = np.asarray(photos.x[0, evaluated], np.float32)
+
+    def deployed(bank: np.ndarray, pass_rate: float) -> tuple[np.ndarray, float]:
+        score = UnknownScore.fit(bank, views[0], oof / t, bank_folds=inner, held_folds=inner,
+                                 known_pass_rate=pass_rate)  # fmt: skip
+        return score.score(x_eval, logits / t), score.threshold
+
     for name, bank in ((DEPLOYED, views), (DEPLOYED_VIEW0, views[:1])):
-        deployed = UnknownScore.fit(bank, views[0], oof / t, bank_folds=inner, held_folds=inner,
-                                    known_pass_rate=s.pass_rate)  # fmt: skip
-        scores = deployed.score(x_eval, logits / t)
-        result[name] = decisions.report(scores, deployed.threshold)
-    return result | {"none": decisions.without_openset()}
+        result[name] = decisions.report(*deployed(bank, s.pass_rate))
+    fitted = {p: deployed(views, p) for p in TRADE_OFF_PASS_RATES}
+    trade_off = {}
+    for m in TRADE_OFF_MISS_TARGETS:
+        at_m, _ = decisions_at(m)  # the temperature does not depend on the miss target
+        for p, (scores, threshold) in fitted.items():
+            trade_off[trade_off_key(p, m)] = at_m.report(scores, threshold)
+    return result | {"none": decisions.without_openset()}, trade_off
+
+
+def trade_off_key(pass_rate: float, miss_target: float) -> str:
+    return f"known_pass_rate={pass_rate:g} venomous_miss_target={miss_target:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +410,7 @@ def main() -> None:
         for p in range(args.partitions)
         for h in rotations(photos.venomous, args.rotations, args.seed + p)
     ]
-    runs = []
+    runs, trade_offs = [], []
     for r, held in enumerate(held_sets):
         names = [photos.species[i].name for i in held]
         _logger.info("rotation %d: unknown %s", r, ", ".join(names))
@@ -396,9 +420,12 @@ def main() -> None:
             s.folds, s.seed,
         )  # fmt: skip
         runs.append([])
+        trade_offs.append([])
         for f in range(s.folds):
             started = time.perf_counter()
-            runs[-1].append(evaluate_fold(photos, held, fold_of, f, s, cache))
+            result, trade_off = evaluate_fold(photos, held, fold_of, f, s, cache)
+            runs[-1].append(result)
+            trade_offs[-1].append(trade_off)
             _logger.info("rotation %d fold %d (%.0f s): AUROC %s", r, f,
                          time.perf_counter() - started,
                          ", ".join(f"{n} {m['auroc']:.3f}" for n, m in runs[-1][-1].items()
@@ -444,6 +471,7 @@ def main() -> None:
         "baseline_no_openset": baseline,
         "candidates": candidates,
         "recommended": recommend(candidates),
+        "deployed_trade_off": summarise(trade_offs),
     }
     write_json(args.out, result)
     args.out.with_suffix(".md").write_text(markdown(result))
@@ -459,6 +487,33 @@ def _pct(c: dict[str, Any], m: str) -> str:
 
 def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
+
+
+def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    default = trade_off_key(meta["pass_rate"], meta["venomous_miss_target"])
+    lines = [
+        "",
+        f"The `{DEPLOYED}` score's safety trade-off: each row refits the unknown threshold "
+        "(`finetune.known_pass_rate`) and the venomous rule (`finetune.venomous_miss_target`) "
+        "on the training folds as `finetune` does, so `dvc exp run -S "
+        "finetune.venomous_miss_target=...` picks a row (the default in bold). Mean over "
+        "rotations; the lowest rotation's caught share in brackets.",
+        "",
+        "| venomous_miss_target | known_pass_rate | known flagged | caught | alerted | dangerous |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, c in trade_off.items():
+        pass_rate, miss = (v.split("=")[1] for v in key.split())
+        mean = c["mean"]
+        lowest = min(c["per_rotation"]["unknown_venomous_caught_rate"])
+        row = (
+            f"{miss} | {pass_rate} | {100 * mean['known_flagged_rate']:.1f} % "
+            f"| {100 * mean['unknown_venomous_caught_rate']:.1f} % ({100 * lowest:.0f} %) "
+            f"| {100 * mean['known_harmless_alerted_rate']:.1f} % "
+            f"| {100 * mean['dangerous_rate']:.1f} %"
+        )
+        lines.append(f"| **{row.replace(' | ', '** | **')}** |" if key == default else f"| {row} |")
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -499,6 +554,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {_pct(b, 'unknown_venomous_caught_rate')} "
         f"| {_pct(b, 'known_harmless_alerted_rate')} | — |"
     )
+    lines += trade_off_lines(result["deployed_trade_off"], meta)
     lines += ["", "Held-out (unknown) species per rotation, venomous in bold:", ""]
     shown = ("msp", DEPLOYED)
     per_deal = meta["rotations_per_partition"]

@@ -189,6 +189,22 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
         assert c["size_mb"] >= 0.0, name
     md = out.with_suffix(".md").read_text()
     assert "| score |" in md and "msp" in md
+    # the trade-off grid: its default setting is the deployed row; a lower miss target or pass
+    # rate fires the same rules at lower (refitted) thresholds, so it never alerts less
+    grid = {
+        tuple(float(v.split("=")[1]) for v in key.split()): c["mean"]
+        for key, c in result["deployed_trade_off"].items()
+    }
+    meta = result["meta"]
+    default = grid[(meta["pass_rate"], meta["venomous_miss_target"])]
+    assert default == pytest.approx(result["candidates"]["deployed"]["mean"])
+    for (pass_rate, miss), m in grid.items():
+        for (other_pass, other_miss), o in grid.items():
+            if other_pass <= pass_rate and other_miss <= miss:
+                for rate in ("known_flagged_rate", "unknown_venomous_caught_rate",
+                             "known_harmless_alerted_rate"):  # fmt: skip
+                    assert o[rate] >= m[rate] - 1e-12, (rate, pass_rate, miss, other_pass)
+    assert "| venomous_miss_target | known_pass_rate |" in md
 
 
 # ---------------------------------------------------------------------------------------------
