@@ -323,14 +323,15 @@ def evaluate_fold(
                                  known_pass_rate=pass_rate)  # fmt: skip
         return score.score(x_eval, logits / t), score.threshold
 
-    for name, bank in ((DEPLOYED, views), (DEPLOYED_VIEW0, views[:1])):
-        result[name] = decisions.report(*deployed(bank, s.pass_rate))
-    fitted = {p: deployed(views, p) for p in TRADE_OFF_PASS_RATES}
+    fitted = {p: deployed(views, p) for p in dict.fromkeys((s.pass_rate, *TRADE_OFF_PASS_RATES))}
+    result[DEPLOYED] = decisions.report(*fitted[s.pass_rate])
+    result[DEPLOYED_VIEW0] = decisions.report(*deployed(views[:1], s.pass_rate))
     trade_off = {}
     for m in TRADE_OFF_MISS_TARGETS:
-        at_m, _ = decisions_at(m)  # the temperature does not depend on the miss target
-        for p, (scores, threshold) in fitted.items():
-            trade_off[trade_off_key(p, m)] = at_m.report(scores, threshold)
+        # the temperature does not depend on the miss target
+        at_m = decisions if m == s.miss_target else decisions_at(m)[0]
+        for p in TRADE_OFF_PASS_RATES:
+            trade_off[trade_off_key(p, m)] = at_m.report(*fitted[p])
     return result | {"none": decisions.without_openset()}, trade_off
 
 
@@ -423,15 +424,15 @@ def main() -> None:
         trade_offs.append([])
         for f in range(s.folds):
             started = time.perf_counter()
-            result, trade_off = evaluate_fold(photos, held, fold_of, f, s, cache)
-            runs[-1].append(result)
-            trade_offs[-1].append(trade_off)
+            fold_result, fold_trade_off = evaluate_fold(photos, held, fold_of, f, s, cache)
+            runs[-1].append(fold_result)
+            trade_offs[-1].append(fold_trade_off)
             _logger.info("rotation %d fold %d (%.0f s): AUROC %s", r, f,
                          time.perf_counter() - started,
                          ", ".join(f"{n} {m['auroc']:.3f}" for n, m in runs[-1][-1].items()
                                    if "auroc" in m))  # fmt: skip
 
-    candidates = summarise(runs)
+    candidates, trade_off = summarise(runs), summarise(trade_offs)  # over rotations
     baseline = candidates.pop("none")
     x0 = np.asarray(photos.x[0], np.float32)  # the constants' size when fitted on every photo
     full = {name: fit(x0, photos.y) for name, fit in CANDIDATES.items()}
@@ -471,7 +472,12 @@ def main() -> None:
         "baseline_no_openset": baseline,
         "candidates": candidates,
         "recommended": recommend(candidates),
-        "deployed_trade_off": summarise(trade_offs),
+        "deployed_trade_off": {
+            trade_off_key(p, m): {"known_pass_rate": p, "venomous_miss_target": m}
+            | trade_off[trade_off_key(p, m)]
+            for m in TRADE_OFF_MISS_TARGETS
+            for p in TRADE_OFF_PASS_RATES
+        },
     }
     write_json(args.out, result)
     args.out.with_suffix(".md").write_text(markdown(result))
@@ -490,7 +496,6 @@ def _met(ok: bool) -> str:
 
 
 def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    default = trade_off_key(meta["pass_rate"], meta["venomous_miss_target"])
     lines = [
         "",
         f"The `{DEPLOYED}` score's safety trade-off: each row refits the unknown threshold "
@@ -502,17 +507,18 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
         "| venomous_miss_target | known_pass_rate | known flagged | caught | alerted | dangerous |",
         "|---|---|---|---|---|---|",
     ]
-    for key, c in trade_off.items():
-        pass_rate, miss = (v.split("=")[1] for v in key.split())
+    for c in trade_off.values():
+        miss, pass_rate = c["venomous_miss_target"], c["known_pass_rate"]
+        default = (pass_rate, miss) == (meta["pass_rate"], meta["venomous_miss_target"])
         mean = c["mean"]
         lowest = min(c["per_rotation"]["unknown_venomous_caught_rate"])
         row = (
-            f"{miss} | {pass_rate} | {100 * mean['known_flagged_rate']:.1f} % "
+            f"{miss:g} | {pass_rate:g} | {100 * mean['known_flagged_rate']:.1f} % "
             f"| {100 * mean['unknown_venomous_caught_rate']:.1f} % ({100 * lowest:.0f} %) "
             f"| {100 * mean['known_harmless_alerted_rate']:.1f} % "
             f"| {100 * mean['dangerous_rate']:.1f} %"
         )
-        lines.append(f"| **{row.replace(' | ', '** | **')}** |" if key == default else f"| {row} |")
+        lines.append(f"| **{row.replace(' | ', '** | **')}** |" if default else f"| {row} |")
     return lines
 
 

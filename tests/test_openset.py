@@ -192,9 +192,10 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     # the trade-off grid: its default setting is the deployed row; a lower miss target or pass
     # rate fires the same rules at lower (refitted) thresholds, so it never alerts less
     grid = {
-        tuple(float(v.split("=")[1]) for v in key.split()): c["mean"]
-        for key, c in result["deployed_trade_off"].items()
+        (c["known_pass_rate"], c["venomous_miss_target"]): c["mean"]
+        for c in result["deployed_trade_off"].values()
     }
+    assert len(grid) == len(result["deployed_trade_off"]) > 1
     meta = result["meta"]
     default = grid[(meta["pass_rate"], meta["venomous_miss_target"])]
     assert default == pytest.approx(result["candidates"]["deployed"]["mean"])
