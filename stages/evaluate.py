@@ -22,7 +22,7 @@ from snakeid.evaluate import (
     prediction_rows,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, deployed
+from snakeid.models import deployed
 from snakeid.openset import UnknownScore
 from snakeid.split import UNKNOWN, model_species
 from snakeid.stage import run_stage, stage_inputs
@@ -47,7 +47,6 @@ def main() -> None:
     params, base = inputs.params, inputs.base
     species, unknown = model_species(params, inputs.species)  # the model's classes, held out
     cfg = section(params, "evaluate", EvaluateConfig)
-    model_cfg = section(params, "model", ModelConfig)
     data = section(params, "data", DataConfig)
     seed_everything(base.seed, base.deterministic)
     set_threads(base.threads)
@@ -57,7 +56,9 @@ def main() -> None:
     size = ckpt.image_size
     engine = feature_engine(data.feature_engine, device)
     unknown_score = UnknownScore.from_checkpoint(ckpt)
-    model = deployed(net, ckpt.temperature, model_cfg, unknown_score.module())
+    model = deployed(
+        net, temperature=ckpt.temperature, tta_flip=ckpt.tta_flip, openset=unknown_score.module()
+    )
     with prefix_engine(model, engine, device, size) as run:
         ev = evaluate(
             lambda rows: predict_scores(run, rows, size),

@@ -20,7 +20,7 @@ from snakeid.export import (
     parity,
 )
 from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, deployed
+from snakeid.models import deployed
 from snakeid.openset import UnknownScore
 from snakeid.split import model_species
 from snakeid.stage import run_stage, stage_inputs
@@ -46,12 +46,13 @@ def main() -> None:
     params, base = inputs.params, inputs.base
     species, _ = model_species(params, inputs.species)  # the model's classes
     cfg = section(params, "export_onnx", ExportConfig)
-    model_cfg = section(params, "model", ModelConfig)
     set_threads(base.threads)
 
     net, ckpt = load_checkpoint(args.model, species)
     unknown_score = UnknownScore.from_checkpoint(ckpt)
-    model = deployed(net, ckpt.temperature, model_cfg, unknown_score.module())
+    model = deployed(
+        net, temperature=ckpt.temperature, tta_flip=ckpt.tta_flip, openset=unknown_score.module()
+    )
     export_onnx(model, args.onnx, ckpt.image_size, cfg.opset)
     rows = read_manifest(args.split / "test.csv")[: cfg.parity_images]
     result = parity(model, ort_session(args.onnx), eval_batches(rows, species, ckpt.image_size))
@@ -61,7 +62,6 @@ def main() -> None:
     meta = model_meta(
         ckpt,
         cfg,
-        tta_flip=model_cfg.tta_flip,
         unknown_score=unknown_score.describe(),
         data=data_provenance(args.split, species),
         evaluation=json.loads(args.evaluation.read_text()),

@@ -59,7 +59,7 @@ def main() -> None:
     log = EpochLog(args.live, "finetune")
     caches = load_caches(
         args.features, split_dir=args.split, base=setup.base, data=setup.data,
-        cut=model.cut(cfg.unfreeze_blocks if cfg.enabled else 0),
+        cut=model.cut(cfg.unfreeze_blocks if cfg.enabled else 0), tta_flip=head_ckpt.tta_flip,
     )  # fmt: skip
     if cfg.enabled:
         model, metrics, held = _finetune(model, caches, head_ckpt, head_cfg, cfg, setup, log)
@@ -90,6 +90,7 @@ def main() -> None:
         model,
         species=setup.species,
         preprocess=head_ckpt.preprocess,
+        tta_flip=head_ckpt.tta_flip,
         params=head_ckpt.params | setup.provenance(finetune=cfg),
         stage="finetune",
         metrics=metrics,

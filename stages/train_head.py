@@ -75,6 +75,7 @@ def main() -> None:
         species=setup.species,
         base=base,
         data=setup.data,
+        tta_flip=model_cfg.tta_flip,
     )
     log = EpochLog(args.live, "train_head")
     if cfg.method == "probe":
@@ -98,7 +99,7 @@ def main() -> None:
         model,
         species=setup.species,
         preprocess=eval_preprocess_spec(model.input_size),
-        # model.tta_flip is evaluate's and export's: not a training param
+        tta_flip=model_cfg.tta_flip,
         params=setup.provenance(
             model={k: getattr(model_cfg, k) for k in ("pretrained", "weights_path", "dropout")},
             train_head=cfg,

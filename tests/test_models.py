@@ -108,6 +108,7 @@ def _save(model, path, species=SPECIES, size=64):
         model,
         species=species,
         preprocess=eval_preprocess_spec(size),
+        tta_flip=False,
         params={"x": 1},
         stage="test",
         metrics={"m": 0.5},

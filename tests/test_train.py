@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig
+from snakeid.data import DataConfig, SplitDataset, eval_transform
 from snakeid.engine import feature_engine, prefix_engine
 from snakeid.errors import UserError
-from snakeid.models import ModelConfig, build_model
+from snakeid.manifest import read_manifest
+from snakeid.models import ModelConfig, build_model, deployed
 from snakeid.train import (
     FitSpec,
     LossConfig,
@@ -173,3 +174,37 @@ def test_a_cache_from_another_engine_is_refused(split_dir, tmp_path):
     load_caches(tmp_path, split_dir=split_dir, base=BASE, data=torch_data, cut=cut)
     with pytest.raises(UserError, match="feature_engine"):
         load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=cut)
+
+
+def test_tta_flip_caches_the_view_the_deployed_model_computes(split_dir, tmp_path):
+    """With `model.tta_flip`, view 0 of the cache (the val logits, the calibration and the
+    unknown score are computed from it) is what the deployed model computes: the mean of the
+    pooled features of the photo and of its mirror image."""
+    model = _model().eval()
+    caches = cache_features(
+        model, model.depth, tmp_path, split_dir=split_dir, species=SPECIES, base=BASE,
+        data=DATA, tta_flip=True,
+    )  # fmt: skip
+    rows = read_manifest(split_dir / "val.csv")
+    val = SplitDataset(rows, SPECIES, eval_transform(model.input_size))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        cached = model.head(caches.val.batch(np.zeros(len(val), int), np.arange(len(val))))
+        flipped = deployed(model, temperature=1.0, tta_flip=True)(x)
+        plain = deployed(model, temperature=1.0, tta_flip=False)(x)
+    off = (cached - flipped).abs().max().item()  # ONNX Runtime and float16 storage
+    assert off < 0.1 * (cached - plain).abs().max().item()  # far closer than the unmirrored
+    # the augmented views are not mirrored means, and a cache must match the flag it is read with
+    load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.depth,
+                tta_flip=True)  # fmt: skip
+    with pytest.raises(UserError, match="tta_flip"):
+        load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.depth)
+
+
+def test_tta_flip_with_a_finetune_cut_is_refused(split_dir, tmp_path):
+    model = _model()
+    with pytest.raises(UserError, match="model.tta_flip"):
+        cache_features(
+            model, model.cut(1), tmp_path, split_dir=split_dir, species=SPECIES, base=BASE,
+            data=DATA, tta_flip=True,
+        )  # fmt: skip

@@ -157,6 +157,7 @@ def tiny_meta(
         trunk_sizes=[image_size],
         image_size=image_size,
         dropout=0.0,
+        tta_flip=False,
         preprocess=eval_preprocess_spec(image_size),
         params={"tests": True},
         stage="finetune",
@@ -167,9 +168,7 @@ def tiny_meta(
     )
     cfg = ExportConfig(low_confidence_threshold=decision["low_confidence_threshold"])
     data = {} if data_source is None else {"source": data_source}
-    return model_meta(
-        ckpt, cfg, tta_flip=False, unknown_score=unknown_score, data=data, evaluation={}
-    )
+    return model_meta(ckpt, cfg, unknown_score=unknown_score, data=data, evaluation={})
 
 
 def demo_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:

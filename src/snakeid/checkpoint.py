@@ -17,7 +17,8 @@ from snakeid.errors import UserError
 from snakeid.models import ModelConfig, SnakeNet, build_model
 from snakeid.taxa import Species
 
-FORMAT = "snakeid-checkpoint/3"  # 2: several backbones, trunk sizes; 3: unknown-species score
+FORMAT = "snakeid-checkpoint/4"  # 2: several backbones, trunk sizes; 3: unknown-species score;
+# 4: tta_flip
 HOLDOUT_KEYS = {"logits", "labels", "source", "folds"}
 OPENSET_KEYS = {"score", "threshold", "known_pass_rate", "arrays", "fit"}
 CALIBRATION_KEYS = {"temperature", "venomous_threshold"}
@@ -31,6 +32,9 @@ class Checkpoint:
     trunk_sizes: list[int]
     image_size: int  # the input side
     dropout: float
+    # the deployed model averages the photo and its mirror image (`model.tta_flip`): fixed at
+    # training, because the calibration and the unknown score are fitted on those means
+    tta_flip: bool
     preprocess: dict[str, Any]
     params: dict[str, Any]  # the params it was trained with (provenance)
     stage: str  # train_head | finetune
@@ -104,6 +108,7 @@ def save_checkpoint(
     *,
     species: list[Species],
     preprocess: dict[str, Any],
+    tta_flip: bool,
     params: dict[str, Any],
     stage: str,
     metrics: dict[str, Any],
@@ -119,6 +124,7 @@ def save_checkpoint(
         trunk_sizes=[t.size for t in model.trunks],
         image_size=preprocess["crop"],
         dropout=model.dropout.p,
+        tta_flip=tta_flip,
         preprocess=preprocess,
         params=params,
         stage=stage,

@@ -157,7 +157,6 @@ def model_meta(
     ckpt: Checkpoint,
     cfg: ExportConfig,
     *,
-    tta_flip: bool,
     unknown_score: dict[str, Any],
     data: dict[str, Any],
     evaluation: dict[str, Any],
@@ -178,7 +177,7 @@ def model_meta(
         # higher = less likely one of `species`; "unknown" above decision.unknown_threshold
         "unknown_score": {k: v for k, v in unknown_score.items() if k != "threshold"},
         "temperature": ckpt.temperature,
-        "tta_flip": tta_flip,
+        "tta_flip": ckpt.tta_flip,
         "backbone": "+".join(ckpt.backbone),
         "image_size": ckpt.image_size,
         # One input for every trunk; a trunk whose side differs resizes it inside the graph

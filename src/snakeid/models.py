@@ -418,10 +418,8 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def deployed(
-    model: SnakeNet, temperature: float, cfg: ModelConfig, openset: nn.Module | None = None
+    model: SnakeNet, *, temperature: float, tta_flip: bool, openset: nn.Module | None = None
 ) -> DeployedModel:
-    """The model as evaluated and exported: with its val-fitted temperature, TTA choice and
-    unknown-species score."""
-    return DeployedModel(
-        model, temperature=temperature, tta_flip=cfg.tta_flip, openset=openset
-    ).eval()
+    """The model as evaluated and exported: with its val-fitted temperature, the TTA it was
+    calibrated with and its unknown-species score."""
+    return DeployedModel(model, temperature=temperature, tta_flip=tta_flip, openset=openset).eval()

@@ -97,9 +97,12 @@ class FeatureCache:
         workers: int,
         seed: int,
         desc: str,
+        mirror_view0: bool = False,
     ) -> None:
         """Run `prefix` (see `prefix_engine`) over this rank's shard of the photos, one view
         per entry of `datasets` (the same photos, each through its own transform).
+        `mirror_view0`: view 0 holds the mean of the outputs for the photo and its mirror
+        image, as the deployed model computes them with `model.tta_flip`.
 
         Each (view, photo) is augmented from its own seed, so the cache is the same whatever
         the number of ranks, DataLoader workers or the batch size.
@@ -121,7 +124,10 @@ class FeatureCache:
                     worker_init_fn=worker_seed,
                 )
                 for x, _, idx in loader:
-                    y = prefix(x).astype(np.float16)  # (B, ...)
+                    y = prefix(x)  # (B, ...)
+                    if v == 0 and mirror_view0:
+                        y = 0.5 * (y + prefix(torch.flip(x, dims=[3])))
+                    y = y.astype(np.float16)
                     self.array[v, idx.numpy()] = y
                     progress.update(len(y))
         self._share()
@@ -231,9 +237,12 @@ def _split_rows(split_dir: Path) -> tuple[list[dict[str, str]], list[dict[str, s
     return train, val
 
 
-def _cache_key(base: BaseConfig, data: DataConfig, cut: int, device: str) -> dict[str, Any]:
+def _cache_key(
+    base: BaseConfig, data: DataConfig, cut: int, device: str, tta_flip: bool
+) -> dict[str, Any]:
     return {
         "cut": cut,
+        "tta_flip": tta_flip,
         "feature_engine": feature_engine(data.feature_engine, device),
         "backbone": list(backbone_list(base.backbone)),
         "image_size": base.image_size,
@@ -253,13 +262,24 @@ def cache_features(
     species: Sequence[Species],
     base: BaseConfig,
     data: DataConfig,
+    tta_flip: bool = False,
 ) -> Caches:
     """Run the frozen `model.prefix(cut)` once over every train view and val photo; save to disk.
 
     `cut` is where the fine-tuning stage's trainable blocks begin, so both training stages train
     on these same features (the head stage passes them through the remaining frozen blocks);
     `cut == model.depth` caches the pooled features of every trunk.
+
+    `tta_flip` (`model.tta_flip`): view 0, the one the val logits, the calibration and the
+    unknown score are computed from, is the mean of the pooled features of the photo and its
+    mirror image, what the deployed model computes.
     """
+    if tta_flip and cut != model.depth:
+        raise UserError(
+            "model.tta_flip averages the pooled features of a photo and its mirror image, but "
+            "with finetune.enabled the features are cached before the trainable blocks, where "
+            "that mean cannot be taken: set model.tta_flip: false or finetune.enabled: false"
+        )
     device = resolve_device(base.device)
     model.eval()
     size = model.input_size
@@ -275,13 +295,15 @@ def cache_features(
     engine = feature_engine(data.feature_engine, device)
     where = "pooled" if cut == model.depth else f"features[:{cut}]"
     _logger.info("frozen %s of %s computed by %s", where, "+".join(model.backbones), engine)
-    common = dict(batch_size=data.batch_size, workers=data.workers, seed=base.seed)
+    common = dict(
+        batch_size=data.batch_size, workers=data.workers, seed=base.seed, mirror_view0=tta_flip
+    )
     with prefix_engine(model.prefix(cut), engine, device, size) as prefix:
         train = FeatureCache(out_dir, "train")
         train.fill(prefix, train_views, desc="train features", **common)
         val = FeatureCache(out_dir, "val")
         val.fill(prefix, val_views, desc="val features", **common)
-    meta = _cache_key(base, data, cut, device) | {
+    meta = _cache_key(base, data, cut, device, tta_flip) | {
         "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
         "train_labels": train_ds.labels,
@@ -314,14 +336,20 @@ def pooled_views(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarr
 
 
 def load_caches(
-    out_dir: Path, *, split_dir: Path, base: BaseConfig, data: DataConfig, cut: int
+    out_dir: Path,
+    *,
+    split_dir: Path,
+    base: BaseConfig,
+    data: DataConfig,
+    cut: int,
+    tta_flip: bool = False,
 ) -> Caches:
     """Open features saved by `cache_features`; refuse them if they no longer fit."""
     path = out_dir / FEATURES_META
     if not path.exists():
         raise UserError(f"{path} not found: run the train_head stage first")
     meta = json.loads(path.read_text())
-    want = _cache_key(base, data, cut, resolve_device(base.device))
+    want = _cache_key(base, data, cut, resolve_device(base.device), tta_flip)
     stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
     rows = dict(zip(("train", "val"), _split_rows(split_dir), strict=True))
     for split, split_rows in rows.items():
