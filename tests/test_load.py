@@ -17,21 +17,21 @@ CLIENTS, REQUESTS_PER_CLIENT = 8, 25
 
 
 def test_concurrent_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import httpx
+    import httpx2
 
     model, _ = build_tiny_model(tmp_path / "model")
     photo = demo_photo(tmp_path / "snake.jpg").read_bytes()
 
     def client(_: int) -> tuple[list[float], list[str], set[str]]:
         latencies, errors, tops = [], [], set()
-        with httpx.Client(timeout=30.0) as http:
+        with httpx2.Client(timeout=30.0) as http:
             for _ in range(REQUESTS_PER_CLIENT):
                 start = time.perf_counter()
                 try:
                     r = http.post(
                         f"{url}/predict", files={"file": ("snake.jpg", photo, "image/jpeg")}
                     )
-                except httpx.HTTPError as e:
+                except httpx2.HTTPError as e:
                     errors.append(repr(e))
                     continue
                 latencies.append(time.perf_counter() - start)

@@ -123,12 +123,14 @@ def test_onnx_models_agree_with_pytorch_on_test_photos(project):
     from snakeid.checkpoint import load_checkpoint
     from snakeid.data import eval_transform, load_rgb
     from snakeid.manifest import read_manifest
-    from snakeid.models import ModelConfig, deployed
+    from snakeid.models import deployed
     from snakeid.openset import UnknownScore
 
     net, ckpt = load_checkpoint(project / "models/model_final.pt")
     score = UnknownScore.from_checkpoint(ckpt)  # the val-fitted T and unknown score, as exported
-    model = deployed(net, ckpt.temperature, ModelConfig(), score.module())
+    model = deployed(
+        net, temperature=ckpt.temperature, tta_flip=ckpt.tta_flip, openset=score.module()
+    )
     meta = json.loads((project / "models/model_meta.json").read_text())
     assert meta["decision"]["unknown_threshold"] == score.threshold
     rows = read_manifest(project / "data/split/test.csv")
@@ -216,7 +218,7 @@ def _far_out_of_distribution(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_predict_and_serve_say_a_non_snake_is_not_a_known_species(project, tmp_path):
-    import httpx
+    import httpx2
 
     from tiny_model import running_server
 
@@ -230,7 +232,7 @@ def test_predict_and_serve_say_a_non_snake_is_not_a_known_species(project, tmp_p
     assert _flag(row["unknown"]) and _flag(row["possibly_venomous"]), row
     with running_server(model, tmp_path) as url:
         files = {"file": ("checkerboard.png", pattern.read_bytes(), "image/png")}
-        body = httpx.post(f"{url}/predict", files=files, timeout=30).json()
+        body = httpx2.post(f"{url}/predict", files=files, timeout=30).json()
     n = len(json.loads((project / "models/model_meta.json").read_text())["species"])
     assert body["unknown"] is True and body["possibly_venomous"] is True
     assert body["message"] == f"Not one of the {n} species this model knows"

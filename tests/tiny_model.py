@@ -208,7 +208,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(model: Path, log_dir: Path, *args: str, timeout: float = 30.0) -> Iterator[str]:
     """Start `snakeid serve` (torch poisoned) on a free loopback port; yield its base URL."""
-    import httpx
+    import httpx2
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -233,8 +233,8 @@ def running_server(model: Path, log_dir: Path, *args: str, timeout: float = 30.0
                     raise RuntimeError(
                         f"server exited with {proc.returncode}:\n{log_path.read_text()}"
                     )
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                with contextlib.suppress(httpx2.TransportError):
+                    if httpx2.get(f"{url}/health", timeout=1.0).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError(
