@@ -194,7 +194,7 @@ def test_tta_flip_caches_the_view_the_deployed_model_computes(split_dir, tmp_pat
         plain = deployed(model, temperature=1.0, tta_flip=False)(x)
     off = (cached - flipped).abs().max().item()  # ONNX Runtime and float16 storage
     assert off < 0.1 * (cached - plain).abs().max().item()  # far closer than the unmirrored
-    # the augmented views are not mirrored means, and a cache must match the flag it is read with
+    # a cache is read back only with the tta_flip it was made with
     load_caches(tmp_path, split_dir=split_dir, base=BASE, data=DATA, cut=model.depth,
                 tta_flip=True)  # fmt: skip
     with pytest.raises(UserError, match="tta_flip"):
