@@ -60,6 +60,7 @@ def main() -> None:
     caches = load_caches(
         args.features, split_dir=args.split, base=setup.base, data=setup.data,
         cut=model.cut(cfg.unfreeze_blocks if cfg.enabled else 0), tta_flip=head_ckpt.tta_flip,
+        adapt=head_ckpt.params.get("adapt"),
     )  # fmt: skip
     if cfg.enabled:
         model, metrics, held = _finetune(model, caches, head_ckpt, head_cfg, cfg, setup, log)

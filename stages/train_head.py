@@ -1,5 +1,7 @@
 """Stage train_head: train the classifier on a frozen, ImageNet-pretrained backbone.
 
+First, if `adapt.backbones` names any, those trunks are fine-tuned end to end on the photos the
+head will fit on (`snakeid.train.adapt`); from then on they are frozen like the others.
 The frozen backbone(s) run once per training photo and view, up to where `finetune` will
 unfreeze blocks (pooled features when it trains none); those features are saved (`--features`)
 and both stages train on them. The head is a linear probe (default) or trained by AdamW.
@@ -12,10 +14,11 @@ from pathlib import Path
 
 from snakeid import distributed
 from snakeid.checkpoint import save_checkpoint
-from snakeid.config import load_params, section
+from snakeid.config import load_params, section, to_dict
 from snakeid.data import eval_preprocess_spec
 from snakeid.errors import UserError
 from snakeid.live import CURVES, EpochLog
+from snakeid.manifest import read_manifest
 from snakeid.models import (
     ModelConfig,
     backbone_list,
@@ -24,6 +27,7 @@ from snakeid.models import (
 )
 from snakeid.stage import run_stage
 from snakeid.train import (
+    AdaptConfig,
     FinetuneConfig,
     Holdout,
     TrainHeadConfig,
@@ -34,7 +38,8 @@ from snakeid.train import (
     train_probe,
     train_tail,
 )
-from snakeid.utils import write_json
+from snakeid.train.adapt import adapt_trunks, check_adapt
+from snakeid.utils import resolve_device, write_json
 
 _logger = logging.getLogger("train_head")
 
@@ -53,6 +58,7 @@ def main() -> None:
     model_cfg = section(params, "model", ModelConfig)
     cfg = section(params, "train_head", TrainHeadConfig)
     finetune = section(params, "finetune", FinetuneConfig)
+    adapt = section(params, "adapt", AdaptConfig)
     setup = prepare(params)
     base = setup.base
     backbones = backbone_list(base.backbone)
@@ -67,6 +73,13 @@ def main() -> None:
 
     sizes = trunk_sizes(backbones, base.image_size)
     model = build_model(backbones, len(setup.species), model_cfg, sizes=sizes)
+    check_adapt(adapt, model)
+    adapted = None
+    if adapt.backbones:  # on the photos the head fits on: train, and val when it refits
+        rows = read_manifest(args.split / "train.csv")
+        rows += read_manifest(args.split / "val.csv") if cfg.refit else []
+        adapted = adapt_trunks(model, rows, setup.species, adapt, data=setup.data,
+                               seed=base.seed, device=resolve_device(base.device))  # fmt: skip
     caches = cache_features(
         model,
         model.cut(finetune.unfreeze_blocks if finetune.enabled else 0),
@@ -76,6 +89,7 @@ def main() -> None:
         base=base,
         data=setup.data,
         tta_flip=model_cfg.tta_flip,
+        adapt=to_dict(adapt),
     )
     log = EpochLog(args.live, "train_head")
     if cfg.method == "probe":
@@ -89,6 +103,8 @@ def main() -> None:
         metrics = {"method": "sgd"} | result.metrics
         holdout = Holdout(result.fit.val_logits, result.val_labels, "val")
     metrics |= {"pretrained": model_cfg.pretrained}
+    if adapted is not None:
+        metrics["adapt"] = adapted
     if not model_cfg.pretrained:
         metrics["warning"] = "backbone NOT pretrained: random features, expect poor accuracy"
         _logger.warning(metrics["warning"])
@@ -103,6 +119,7 @@ def main() -> None:
         params=setup.provenance(
             model={k: getattr(model_cfg, k) for k in ("pretrained", "weights_path", "dropout")},
             train_head=cfg,
+            adapt=adapt,
         ),
         stage="train_head",
         metrics=metrics,

@@ -20,7 +20,7 @@ from snakeid.models import ModelConfig
 from snakeid.quantize import QuantizeConfig
 from snakeid.sources import DownloadConfig
 from snakeid.split import SplitConfig
-from snakeid.train import FinetuneConfig, LossConfig, TrainHeadConfig
+from snakeid.train import AdaptConfig, FinetuneConfig, LossConfig, TrainHeadConfig
 from snakeid.verify import VerifyConfig
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
@@ -32,6 +32,7 @@ SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
     "loss": LossConfig,
+    "adapt": AdaptConfig,
     "train_head": TrainHeadConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,

@@ -136,6 +136,7 @@ def test_provenance_and_model_card(tmp_path, source):
     assert data["manifest_sha256"]["unknown"] == sha256_file(split / "unknown.csv")
     meta = {
         "backbone": "efficientnet_lite0",
+        "trunks": [{"backbone": "efficientnet_lite0", "size": 224, "adapted": source == "inat"}],
         "species": [{"name": s.name, "common": s.common, "venomous": s.venomous} for s in SPECIES],
         "params_digest": "ab" * 32,
         "data": data,
@@ -150,6 +151,8 @@ def test_provenance_and_model_card(tmp_path, source):
     assert "| *Naja kaouthia* | Monocled Cobra | yes | 3 | 1 | 1 |" in card
     assert "| macro-F1 | 0.700 | 0.500–0.900 |" in card
     assert ("synthetic demo photos" in card) == (source == "demo-synthetic")
+    adapted = "fine-tuned end to end on the training photos first (`adapt`): efficientnet_lite0"
+    assert (adapted in card) == (source == "inat")
 
 
 def test_progress_logs_lines_instead_of_a_bar_when_not_on_a_terminal(monkeypatch, caplog, capsys):

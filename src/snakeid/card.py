@@ -75,6 +75,10 @@ def model_card(meta: dict[str, Any]) -> str:
         "- Manifests (sha256): "
         + ", ".join(f"{s} `{h[:16]}`" for s, h in data["manifest_sha256"].items()),
         f"- Held out of training as unknown species (photos, test only): {held_out}",
+        *(
+            f"- Backbone fine-tuned end to end on the training photos first (`adapt`): {b}"
+            for b in (t["backbone"] for t in meta["trunks"] if t["adapted"])
+        ),
         f"- Params digest: `{meta['params_digest'][:16]}`",
         "",
         "## Test metrics",

@@ -163,6 +163,7 @@ def model_meta(
 ) -> dict[str, Any]:
     """Everything an application needs to use the exported model without this repository, and
     its provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline)."""
+    adapted = (ckpt.params.get("adapt") or {}).get("backbones", [])
     return {
         "format": META_FORMAT,
         "species": [
@@ -182,8 +183,9 @@ def model_meta(
         "image_size": ckpt.image_size,
         # One input for every trunk; a trunk whose side differs resizes it inside the graph
         # (bilinear), so `preprocess` is the whole preprocessing an application does.
+        # adapted: fine-tuned end to end on this model's training photos (`adapt.backbones`)
         "trunks": [
-            {"backbone": b, "size": size}
+            {"backbone": b, "size": size, "adapted": b in adapted}
             for b, size in zip(ckpt.backbone, ckpt.trunk_sizes, strict=True)
         ],
         "params_digest": sha256_json(ckpt.params),

@@ -7,7 +7,9 @@ it once per image and augmentation view (`data.views` views, float16, memory-map
 dir) and train the tail on those features. That removes the backbone forward from every epoch
 (the original study's loop) and makes "frozen means frozen" structural: the frozen prefix runs
 only in eval mode under `torch.inference_mode`, so neither its weights nor its BatchNorm
-running statistics can move.
+running statistics can move. The one exception comes before the cache: `adapt.backbones`
+(`snakeid.train.adapt`) fine-tunes whole trunks on live augmented photos first, and the cache
+then holds the adapted trunks' features.
 
 Under `torchrun` (see `snakeid.distributed`) the same code runs as N data-parallel ranks: each
 rank computes the cached features of its shard of the photos into one shared memmap, trains the
@@ -19,6 +21,7 @@ keeps the same best epoch. Only rank 0 writes files.
 
 from snakeid.train.config import (
     METRICS,
+    AdaptConfig,
     FinetuneConfig,
     FitSpec,
     LossConfig,
@@ -52,6 +55,7 @@ from snakeid.train.loop import (
 
 __all__ = [
     "METRICS",
+    "AdaptConfig",
     "Caches",
     "FeatureCache",
     "FinetuneConfig",

@@ -59,6 +59,19 @@ class TrainHeadConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """Backbones `train_head` fine-tunes end to end before it caches their features
+    (`snakeid.train.adapt`): on the photos the head then fits on, with live augmentation and a
+    temporary linear head, AdamW on a one-cycle schedule. None listed: frozen ImageNet features."""
+
+    backbones: tuple[str, ...] = ()
+    epochs: int = field(default=4, metadata=spec(ge=1))
+    lr: float = field(default=3e-4, metadata=spec(gt=0.0))  # the peak; the temporary head's is 10x
+    weight_decay: float = field(default=1e-4, metadata=spec(ge=0.0))
+    label_smoothing: float = field(default=0.1, metadata=spec(ge=0.0, lt=1.0))
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     # false: the head is the final model (finetune only calibrates it); on real photos training
     # blocks did not beat the linear probe (bench/cv.md)

@@ -238,11 +238,18 @@ def _split_rows(split_dir: Path) -> tuple[list[dict[str, str]], list[dict[str, s
 
 
 def _cache_key(
-    base: BaseConfig, data: DataConfig, cut: int, device: str, tta_flip: bool
+    base: BaseConfig,
+    data: DataConfig,
+    cut: int,
+    device: str,
+    tta_flip: bool,
+    adapt: dict[str, Any] | None,
 ) -> dict[str, Any]:
     return {
         "cut": cut,
         "tta_flip": tta_flip,
+        # the trunks were fine-tuned first (`snakeid.train.adapt`) with these settings, or not
+        "adapt": json.loads(json.dumps(adapt)) if adapt and adapt["backbones"] else None,
         "feature_engine": feature_engine(data.feature_engine, device),
         "backbone": list(backbone_list(base.backbone)),
         "image_size": base.image_size,
@@ -263,6 +270,7 @@ def cache_features(
     base: BaseConfig,
     data: DataConfig,
     tta_flip: bool = False,
+    adapt: dict[str, Any] | None = None,
 ) -> Caches:
     """Run the frozen `model.prefix(cut)` once over every train view and val photo; save to disk.
 
@@ -273,6 +281,9 @@ def cache_features(
     `tta_flip` (`model.tta_flip`): view 0, the one the val logits, the calibration and the
     unknown score are computed from, is the mean of the pooled features of the photo and its
     mirror image, what the deployed model computes.
+
+    `adapt` (the `adapt` section, as a dict): the settings `model`'s trunks were adapted with
+    before this call, recorded in the cache key.
     """
     if tta_flip and cut != model.depth:
         raise UserError(
@@ -303,7 +314,7 @@ def cache_features(
         train.fill(prefix, train_views, desc="train features", **common)
         val = FeatureCache(out_dir, "val")
         val.fill(prefix, val_views, desc="val features", **common)
-    meta = _cache_key(base, data, cut, device, tta_flip) | {
+    meta = _cache_key(base, data, cut, device, tta_flip, adapt) | {
         "train_photo_ids": [r["photo_id"] for r in train_ds.rows],
         "val_photo_ids": [r["photo_id"] for r in val_ds.rows],
         "train_labels": train_ds.labels,
@@ -343,13 +354,14 @@ def load_caches(
     data: DataConfig,
     cut: int,
     tta_flip: bool = False,
+    adapt: dict[str, Any] | None = None,
 ) -> Caches:
     """Open features saved by `cache_features`; refuse them if they no longer fit."""
     path = out_dir / FEATURES_META
     if not path.exists():
         raise UserError(f"{path} not found: run the train_head stage first")
     meta = json.loads(path.read_text())
-    want = _cache_key(base, data, cut, resolve_device(base.device), tta_flip)
+    want = _cache_key(base, data, cut, resolve_device(base.device), tta_flip, adapt)
     stale = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
     rows = dict(zip(("train", "val"), _split_rows(split_dir), strict=True))
     for split, split_rows in rows.items():
