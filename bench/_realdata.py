@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from snakeid import verify
 from snakeid.config import section
 from snakeid.data import DataConfig
 from snakeid.engine import prefix_engine
 from snakeid.manifest import read_manifest
-from snakeid.models import SnakeNet
 from snakeid.sources import DownloadConfig, run_download
 from snakeid.taxa import Species
 from snakeid.train import FeatureCache, view_datasets
@@ -61,12 +61,11 @@ def clean_rows(data: Path, work: Path, species: list[Species], params: dict) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Features: the pipeline's own feature pass, once per (model, cut)
+# Features: the pipeline's own feature pass, once per module
 
 
 def features(
-    model: SnakeNet,
-    cut: int,
+    module: nn.Module,
     rows: list[dict],
     species: list[Species],
     data: DataConfig,
@@ -75,13 +74,15 @@ def features(
     seed: int,
     path: Path,
 ) -> tuple[np.ndarray, float]:
-    """(V, N, ...) float16 features of `model.prefix(cut)` over `rows`, and the seconds taken
-    (0 when read back from `path`)."""
+    """(V, N, ...) float16 outputs of `module` (`SnakeNet.prefix(cut)`, or one trunk: its pooled
+    features) over every view of `rows`, each view augmented from the same seeds whatever the
+    module, and the seconds taken (0 when read back from `path`)."""
     if path.exists():
         return np.load(path, mmap_mode="r"), 0.0
     started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(path.parent, path.stem + ".part")
-    with prefix_engine(model.prefix(cut), "onnxruntime", "cpu", size) as prefix:
+    with prefix_engine(module, "onnxruntime", "cpu", size) as prefix:
         cache.fill(
             prefix,
             view_datasets(rows, species, size, data),

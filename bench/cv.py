@@ -328,7 +328,7 @@ def main() -> None:
     ensemble = build_model(ENSEMBLE, len(species), ModelConfig())
     size = max(trunk_sizes(ENSEMBLE, None))
     pooled, secs = features(
-        ensemble, ensemble.depth, rows, species, data, size=size, seed=args.seed,
+        ensemble.prefix(ensemble.depth), rows, species, data, size=size, seed=args.seed,
         path=work / f"pooled_v{data.views}.npy",
     )  # fmt: skip
     if secs:
@@ -358,7 +358,7 @@ def main() -> None:
             net = build_model("efficientnet_lite0", len(species), ModelConfig())
             cut = net.cut(ft_prev.unfreeze_blocks)
             spatial, secs = features(
-                net, cut, rows, species, data, size=net.trunks[0].size, seed=args.seed,
+                net.prefix(cut), rows, species, data, size=net.trunks[0].size, seed=args.seed,
                 path=work / f"lite0_cut{cut}_v{data.views}.npy",
             )  # fmt: skip
             if secs:

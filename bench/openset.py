@@ -24,6 +24,11 @@ Protocol:
   top-1 is a known harmless species and which is not flagged unknown), and the share of unknown
   venomous photos caught by "flagged unknown OR possibly venomous".
 * Means and sds over rotations (of each rotation's mean over folds), and sds over all folds.
+* `--adapt BACKBONE...`: before each outer fold, those trunks are fine-tuned end to end on its
+  training photos by the pipeline's own `snakeid.train.adapt` (what `adapt.backbones` makes
+  `train_head` do), and their columns of the features replaced (every photo, every view, the
+  same augmentation seeds); cached per fold under `--work`, so an interrupted run resumes.
+  `--outer-folds K` evaluates only the first K outer folds of each rotation (a partial run).
 * The deployed score's safety trade-off: the same rates with the unknown threshold and the
   venomous rule refitted for each (`known_pass_rate`, `venomous_miss_target`) of a small grid.
 
@@ -37,6 +42,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -58,6 +64,7 @@ from snakeid.calibration import (  # noqa: E402
     softmax,
     venomous_probability,
 )
+from snakeid.config import to_dict  # noqa: E402
 from snakeid.openset import (  # noqa: E402
     Combined,
     Energy,
@@ -72,6 +79,7 @@ from snakeid.openset import (  # noqa: E402
 )
 from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
 from snakeid.taxa import Species  # noqa: E402
+from snakeid.train import AdaptConfig  # noqa: E402
 from snakeid.utils import write_json  # noqa: E402
 
 _logger = logging.getLogger("openset")
@@ -104,16 +112,19 @@ NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_har
 # (each row refitted on the training folds as finetune fits it)
 TRADE_OFF_PASS_RATES = (0.95, 0.90, 0.80)
 TRADE_OFF_MISS_TARGETS = (0.02, 0.01, 0.005, 0.0)
+FEATURE_SEED = 42  # the augmented views' seeds (every trunk's views are the same crops)
 
 
 @dataclass
 class Photos:
-    """Every photo of the set: features (V, N, D), labels (N,), observation groups, species."""
+    """Every photo of the set: features (V, N, D), labels (N,), observation groups, species, and
+    the clean manifest rows (real photos only: what `--adapt` trains on)."""
 
     x: np.ndarray
     y: np.ndarray
     groups: list[str]
     species: list[Species]
+    rows: list[dict] | None = None
 
     @property
     def venomous(self) -> np.ndarray:
@@ -140,8 +151,8 @@ def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int
     rows = _realdata.clean_rows(data, work, species, load_params(REPO / "params.yaml"))
     ensemble = build_model(_realdata.ENSEMBLE, len(species), ModelConfig())
     pooled, _ = _realdata.features(
-        ensemble, ensemble.depth, rows, species, DataConfig(views=views, batch_size=32),
-        size=max(trunk_sizes(_realdata.ENSEMBLE, None)), seed=42,
+        ensemble.prefix(ensemble.depth), rows, species, DataConfig(views=views, batch_size=32),
+        size=max(trunk_sizes(_realdata.ENSEMBLE, None)), seed=FEATURE_SEED,
         path=work / f"pooled_v{views}.npy",
     )  # fmt: skip
     index = {s.name: i for i, s in enumerate(species)}
@@ -150,7 +161,43 @@ def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int
         y=np.array([index[r["taxon"]] for r in rows]),
         groups=[observation_key(r) for r in rows],
         species=species,
+        rows=rows,
     )
+
+
+def adapted(
+    photos: Photos, held: np.ndarray, train: np.ndarray, adapt: AdaptConfig, s: Settings,
+    work: Path,
+) -> Photos:  # fmt: skip
+    """`photos` with the columns of each trunk in `adapt.backbones` replaced by its pooled features
+    after `train_head` would adapt it (`snakeid.train.adapt`) on the known `train` photos: every
+    photo, every view, augmented from the same seeds as the frozen columns. Cached in `work`."""
+    import _realdata
+    from snakeid.data import DataConfig
+    from snakeid.models import ModelConfig, build_model
+    from snakeid.train.adapt import adapt_trunks
+
+    assert photos.rows is not None, "adaptation trains on photos: real data only"
+    known = [sp for i, sp in enumerate(photos.species) if i not in held]
+    trained_on = [photos.rows[i]["photo_id"] for i in train]
+    key = json.dumps([to_dict(adapt), trained_on, s.views, FEATURE_SEED, len(photos.y)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    data = DataConfig(views=s.views, batch_size=32)
+    model = build_model(_realdata.ENSEMBLE, len(known), ModelConfig())
+    paths = {name: work / f"{digest}-{name}.npy" for name in adapt.backbones}
+    if not all(p.exists() for p in paths.values()):
+        with threadpool_limits(os.cpu_count()):  # torch's threads too: the run's limit is 1
+            adapt_trunks(model, [photos.rows[i] for i in train], known, adapt, data=data,
+                         seed=FEATURE_SEED, device="cpu")  # fmt: skip
+    x = np.array(photos.x)  # a copy: the frozen features stay as they are
+    start = np.cumsum([0, *(t.dim for t in model.trunks)])
+    for name, path in paths.items():
+        k = model.backbones.index(name)
+        x[:, :, start[k] : start[k + 1]] = _realdata.features(
+            model.trunks[k], photos.rows, photos.species, data, size=model.input_size,
+            seed=FEATURE_SEED, path=path,
+        )[0]  # fmt: skip
+    return Photos(x, photos.y, photos.groups, photos.species, photos.rows)
 
 
 def synthetic_photos(seed: int, n_species: int = 8, per_species: int = 24, dim: int = 24):
@@ -389,6 +436,19 @@ def main() -> None:
     # with 2 BLAS threads on a busy 2-core machine, LAPACK ran 40x slower than with 1
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     ap.add_argument("--fast", action="store_true", help="tiny synthetic data (smoke test)")
+    ap.add_argument(
+        "--adapt",
+        nargs="+",
+        default=[],
+        metavar="BACKBONE",
+        help="adapt these trunks per fold as train_head does (adapt.backbones)",
+    )
+    ap.add_argument("--adapt-epochs", type=int, default=AdaptConfig.epochs)
+    ap.add_argument(
+        "--outer-folds",
+        type=int,
+        help="evaluate only the first K outer folds of each rotation (a partial run)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     threadpool_limits(args.threads)  # for the whole run
@@ -397,6 +457,8 @@ def main() -> None:
     from snakeid.train import FinetuneConfig
 
     miss_target = section(load_params(REPO / "params.yaml"), "finetune", FinetuneConfig)
+    if args.fast and args.adapt:
+        ap.error("--adapt trains trunks on photos: it needs --data, not --fast")
     if args.fast:
         photos = synthetic_photos(args.seed)
         args.folds, args.views, args.rotations = 3, 2, 2
@@ -405,6 +467,10 @@ def main() -> None:
     s = Settings(args.folds, args.views, args.c, args.seed, args.pass_rate,
                  miss_target.venomous_miss_target)  # fmt: skip
     cache = args.work / ("fast" if args.fast else "real")
+    adapt = AdaptConfig(backbones=tuple(args.adapt), epochs=args.adapt_epochs)
+    if adapt.backbones:  # per-fold features: their own probe outputs
+        cache = cache / f"adapt-{hashlib.sha256(str(to_dict(adapt)).encode()).hexdigest()[:12]}"
+    outer_folds = min(args.outer_folds or s.folds, s.folds)
 
     held_sets = [
         h
@@ -422,9 +488,13 @@ def main() -> None:
         )  # fmt: skip
         runs.append([])
         trade_offs.append([])
-        for f in range(s.folds):
+        for f in range(outer_folds):
             started = time.perf_counter()
-            fold_result, fold_trade_off = evaluate_fold(photos, held, fold_of, f, s, cache)
+            fold_photos = photos
+            if adapt.backbones:
+                train = np.flatnonzero(known)[fold_of != f]
+                fold_photos = adapted(photos, held, train, adapt, s, args.work / "adapted")
+            fold_result, fold_trade_off = evaluate_fold(fold_photos, held, fold_of, f, s, cache)
             runs[-1].append(fold_result)
             trade_offs[-1].append(fold_trade_off)
             _logger.info("rotation %d fold %d (%.0f s): AUROC %s", r, f,
@@ -454,6 +524,8 @@ def main() -> None:
             "partitions": args.partitions,
             "rotations_per_partition": args.rotations,
             "folds": s.folds,
+            "outer_folds_evaluated": outer_folds,
+            "adapt": to_dict(adapt) if adapt.backbones else None,
             "views": s.views,
             "probe_c": s.c,
             "pass_rate": s.pass_rate,
@@ -522,6 +594,26 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
     return lines
 
 
+def adapt_lines(meta: dict[str, Any]) -> list[str]:
+    """What differs from the frozen-feature protocol: adapted trunks, a partial run."""
+    lines = []
+    if meta["adapt"]:
+        a = meta["adapt"]
+        lines.append(
+            f"Adapted per outer fold, as `train_head` adapts them (`adapt`): "
+            f"{', '.join(a['backbones'])}, {a['epochs']} epochs at peak lr {a['lr']:g}, fine-tuned "
+            "end to end on that fold's training photos; the other trunks frozen. The inner "
+            "out-of-fold values come from the same adapted trunk (as in the pipeline, where it "
+            "adapts on every photo the probe fits on)."
+        )
+    if meta["outer_folds_evaluated"] < meta["folds"]:
+        lines.append(
+            f"**Partial run:** only the first {meta['outer_folds_evaluated']} of the "
+            f"{meta['folds']} outer folds of each rotation were evaluated."
+        )
+    return ["", *lines] if lines else []
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta, cands = result["meta"], result["candidates"]
     lines = [
@@ -533,6 +625,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['species']} species, features {meta['feature_dim']}-d, probe C = "
         f"{meta['probe_c']} on {meta['views']} views; thresholds pass {100 * meta['pass_rate']:.0f}"
         " % of out-of-fold known photos of the training folds.",
+        *adapt_lines(meta),
         "",
         f"    {meta['command']}",
         "",

@@ -208,6 +208,60 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     assert "| venomous_miss_target | known_pass_rate |" in md
 
 
+def _photo_folder(root: Path, species: int = 6, per_species: int = 10) -> Path:
+    """`root/<species>/*.jpg` of coloured blobs (a colour per species) and `species.yaml`, every
+    other species venomous: a folder `bench/openset.py --data` reads like ph-snakes-dev."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(species):
+        name = f"Testus species{chr(97 + i)}"
+        lines.append(f"- name: {name}\n  common: Test {i}\n  venomous: {str(i % 2 == 0).lower()}\n")
+        (root / name).mkdir(parents=True)
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        for k in range(per_species):
+            im = Image.new("RGB", (96, 96), tuple(int(v) for v in rng.integers(0, 255, 3)))
+            draw = ImageDraw.Draw(im)
+            for _ in range(5):
+                x, y = rng.integers(0, 70, 2)
+                draw.ellipse([x, y, x + 26, y + 16], fill=colour)
+            im.save(root / name / f"{k}.jpg", quality=95)
+    (root / "species.yaml").write_text("".join(lines))
+    return root
+
+
+@pytest.mark.slow
+def test_open_set_benchmark_adapts_trunks_per_fold(tmp_path: Path) -> None:
+    """`--adapt`: per outer fold, the trunk is fine-tuned on that fold's training photos by the
+    pipeline's `snakeid.train.adapt`; its columns replace the frozen ones (the cached fold
+    features differ from the frozen trunk's), and a second run reads them back, equal."""
+    data = _photo_folder(tmp_path / "photos")
+    out = tmp_path / "openset.json"
+    cmd = [sys.executable, "bench/openset.py", "--data", str(data), "--out", str(out),
+           "--work", str(tmp_path / "work"), "--cv-work", str(tmp_path / "cv"),
+           "--rotations", "2", "--partitions", "1", "--folds", "2", "--views", "2",
+           "--adapt", "efficientnet_lite0", "--adapt-epochs", "1",
+           "--outer-folds", "1"]  # fmt: skip
+    results = []
+    for _ in range(2):
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    assert results[0] == results[1]  # the second run read the adapted features back
+    meta = results[0]["meta"]
+    assert meta["adapt"]["backbones"] == ["efficientnet_lite0"] and meta["adapt"]["epochs"] == 1
+    assert meta["outer_folds_evaluated"] == 1 and meta["folds"] == 2
+    adapted = sorted((tmp_path / "work/adapted").glob("*-efficientnet_lite0.npy"))
+    assert len(adapted) == 2  # one per rotation (its one outer fold)
+    frozen = np.load(tmp_path / "cv/real/pooled_v2.npy")[:, :, :1280].astype(np.float32)
+    for path in adapted:
+        x = np.load(path).astype(np.float32)
+        assert x.shape == frozen.shape and not np.allclose(x, frozen, atol=1e-2), path
+    md = out.with_suffix(".md").read_text()
+    assert "Adapted per outer fold" in md and "Partial run" in md
+
+
 # ---------------------------------------------------------------------------------------------
 # The deployed score: fitted out of fold, a torch module, an ONNX output
 
