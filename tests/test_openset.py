@@ -187,8 +187,10 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
         assert 0.0 <= c["mean"]["auroc"] <= 1.0, name
         assert 0.0 <= c["mean"]["known_flagged_rate"] <= 1.0, name
         assert c["size_mb"] >= 0.0, name
+    classifier = result["baseline_no_openset"]["mean"]
+    assert 0 <= classifier["known_macro_f1"] <= 1 and 0 <= classifier["known_accuracy"] <= 1
     md = out.with_suffix(".md").read_text()
-    assert "| score |" in md and "msp" in md
+    assert "| score |" in md and "msp" in md and "The probe on the known species" in md
     # the trade-off grid: its default setting is the deployed row; a lower miss target or pass
     # rate fires the same rules at lower (refitted) thresholds, so it never alerts less
     grid = {
