@@ -618,7 +618,7 @@ def adapt_lines(meta: dict[str, Any]) -> list[str]:
             f"**Partial run:** only the first {meta['outer_folds_evaluated']} of the "
             f"{meta['folds']} outer folds of each rotation were evaluated."
         )
-    return ["", *lines] if lines else []
+    return [part for line in lines for part in ("", line)]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -682,6 +682,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         lines.append(f"Deal {p + 1} (rotations {part.start + 1}-{part.stop}): mean AUROC {means}.")
     rec, dep = cands[result["recommended"]], cands[DEPLOYED]
+    partial = meta["outer_folds_evaluated"] < meta["folds"]
     known_flagged = dep["mean"]["known_flagged_rate"]
     lines += [
         "",
@@ -693,8 +694,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{DEPLOYED}` is the score the pipeline exports (`snakeid.openset.UnknownScore`, "
         f"`{UnknownScore.NAME}`), fitted as `finetune` fits it: calibrated logits, and a bank "
         f"row is a training photo's pooled features averaged over its cached views "
-        f"(`{DEPLOYED_VIEW0}`: view 0 alone, the eval transform, as every query). Targets of "
-        f"issue 17 for it: mean AUROC ≥ 0.80: {_met(dep['mean']['auroc'] >= 0.80)} "
+        f"(`{DEPLOYED_VIEW0}`: view 0 alone, the eval transform, as every query). "
+        + ("On this partial run, not the full protocol: " if partial else "")
+        + f"Targets of issue 17 for it: mean AUROC ≥ 0.80: {_met(dep['mean']['auroc'] >= 0.80)} "
         f"({dep['mean']['auroc']:.3f}); ≤ 10 % of known photos flagged: "
         f"{_met(known_flagged <= 0.10)} ({100 * known_flagged:.1f} "
         f"%); better than MSP: {_met(dep['mean']['auroc'] > cands['msp']['mean']['auroc'])}.",
