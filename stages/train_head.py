@@ -38,7 +38,7 @@ from snakeid.train import (
     train_probe,
     train_tail,
 )
-from snakeid.train.adapt import adapt_trunks, check_adapt
+from snakeid.train.adapt import adapt_trunks
 from snakeid.utils import resolve_device, write_json
 
 _logger = logging.getLogger("train_head")
@@ -73,7 +73,6 @@ def main() -> None:
 
     sizes = trunk_sizes(backbones, base.image_size)
     model = build_model(backbones, len(setup.species), model_cfg, sizes=sizes)
-    check_adapt(adapt, model)
     adapted = None
     if adapt.backbones:  # on the photos the head fits on: train, and val when it refits
         rows = read_manifest(args.split / "train.csv")
