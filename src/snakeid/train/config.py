@@ -90,7 +90,7 @@ class FinetuneConfig:
     temperature_scaling: bool = True
     # "Possibly venomous" when P(any venomous species) ≥ a threshold chosen on val so that at
     # most this share of venomous val photos fall below it (capped at 0.5).
-    venomous_miss_target: float = field(default=0.02, metadata=spec(ge=0.0, le=1.0))
+    venomous_miss_target: float = field(default=0.0, metadata=spec(ge=0.0, le=1.0))
     # "Not one of the species this model knows" above an unknown-species score threshold chosen
     # on the same held-out photos so that this share of them (all of known species) pass.
     known_pass_rate: float = field(default=0.95, metadata=spec(gt=0.0, le=1.0))
