@@ -313,12 +313,20 @@ def main() -> None:
     seed_everything(args.seed, True)
 
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["meta"] = {
+    settings = {  # what every recipe's numbers depend on: runs accumulate only while they agree
         "photos": len(rows),
         "species": len(species),
         "folds": args.folds,
         "views": data.views,
         "seed": args.seed,
+        "venomous_miss_target": task.miss_target,
+    }
+    before = {k: result.get("meta", {}).get(k) for k in settings}
+    if result.get("recipes") and before != settings:
+        changed = [f"{k} {before[k]} -> {v}" for k, v in settings.items() if before[k] != v]
+        ap.error(f"{args.out} holds recipes run with other settings ({', '.join(changed)}): "
+                 "delete it or choose another --out")  # fmt: skip
+    result["meta"] = settings | {
         # the command that reruns everything (results accumulate over runs; --only selects)
         "command": " ".join(["python", "bench/cv.py", *_without_only(sys.argv[1:])]),
         "feature_seconds": result.get("meta", {}).get("feature_seconds", {}),
@@ -403,7 +411,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Grouped {meta['folds']}-fold cross-validation over {meta['photos']} photos of "
         f"{meta['species']} species, {meta['views']} cached views (view 0 = eval transform), "
-        f"seed {meta['seed']}: `{meta['command']}`",
+        f"seed {meta['seed']}, the venomous rule fitted at `venomous_miss_target` "
+        f"{meta['venomous_miss_target']:g}: `{meta['command']}`",
         "",
         "| backbone | recipe | macro-F1 | balanced acc. | venomous → harmless "
         "| rule misses venomous | rule flags harmless | s / fold |",

@@ -40,3 +40,12 @@ def test_fast_cross_validation_writes_the_table(tmp_path: Path) -> None:
     assert "| backbone | recipe | macro-F1 |" in md and md.count("\n| lite0 | probe |") == 1
     # nothing of the photos themselves leaves the work dir
     assert not any(k in json.dumps(result) for k in ("photo_id", "obs:", "photo:"))
+
+    # runs accumulate into one JSON only while the settings the numbers depend on agree
+    p = subprocess.run(
+        [sys.executable, "bench/cv.py", "--fast", "--out", str(out), "--seed", "7",
+         "--work", str(tmp_path / "work"), "--only", "lite0/probe"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert p.returncode != 0 and "seed 42 -> 7" in p.stderr, p.stderr[-3000:]
+    assert json.loads(out.read_text()) == result
