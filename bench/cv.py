@@ -313,6 +313,7 @@ def main() -> None:
     seed_everything(args.seed, True)
 
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    previous = result.get("meta", {})
     settings = {  # what every recipe's numbers depend on: runs accumulate only while they agree
         "photos": len(rows),
         "species": len(species),
@@ -321,7 +322,7 @@ def main() -> None:
         "seed": args.seed,
         "venomous_miss_target": task.miss_target,
     }
-    before = {k: result.get("meta", {}).get(k) for k in settings}
+    before = {k: previous.get(k) for k in settings}
     if result.get("recipes") and before != settings:
         changed = [f"{k} {before[k]} -> {v}" for k, v in settings.items() if before[k] != v]
         ap.error(f"{args.out} holds recipes run with other settings ({', '.join(changed)}): "
@@ -329,7 +330,7 @@ def main() -> None:
     result["meta"] = settings | {
         # the command that reruns everything (results accumulate over runs; --only selects)
         "command": " ".join(["python", "bench/cv.py", *_without_only(sys.argv[1:])]),
-        "feature_seconds": result.get("meta", {}).get("feature_seconds", {}),
+        "feature_seconds": previous.get("feature_seconds", {}),
     }
     result.setdefault("recipes", {})
     names = [n for n in plan(args) if n not in result["recipes"]]
