@@ -3,7 +3,6 @@
 import argparse
 import json
 import logging
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,15 @@ from snakeid.config import section
 from snakeid.evaluate import Evaluation, evaluable, prediction_rows
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
-from snakeid.quantize import HEADLINE, QuantizeConfig, check_int8, compare, latencies, quantize
+from snakeid.quantize import (
+    HEADLINE,
+    QuantizeConfig,
+    calibration_rows,
+    check_int8,
+    compare,
+    latencies,
+    quantize,
+)
 from snakeid.split import UNKNOWN, model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.taxa import label_index
@@ -41,7 +48,7 @@ def main() -> None:
     size = meta["image_size"]
 
     train = read_manifest(args.split / "train.csv")
-    calib = random.Random(base.seed).sample(train, min(cfg.calibration_images, len(train)))
+    calib = calibration_rows(train, cfg, base.seed)
     quantize(args.onnx, args.int8, cfg, eval_batches(calib, species, size, batch_size=1))
 
     test, _ = evaluable(read_manifest(args.split / "test.csv"), train)
@@ -54,8 +61,7 @@ def main() -> None:
         threads=base.threads, unknown_threshold=unknown_threshold,
         heldout=eval_batches(heldout, None, size) if heldout else (),
     )  # fmt: skip
-    result |= {"method": cfg.method, "calibration_images": len(calib), "n_test": len(test),
-               "n_heldout": len(heldout)}  # fmt: skip
+    result |= {"method": cfg.method, "calibration_images": len(calib), "n_heldout": len(heldout)}
     write_json(args.report, result)
     write_json(args.metrics, {k: result[k] for k in HEADLINE})
     rows = prediction_rows(

@@ -27,12 +27,8 @@ SHRUNK = {
     "train_head": {"epochs": 2},
     "finetune": {"epochs": 1},
     "evaluate": {"bootstrap": 100},
-    "quantize": {
-        "calibration_images": 8,
-        "latency_runs": 2,
-        "min_agreement": 0.0,  # a 2-epoch model is too uncertain to demand INT8 agreement
-        "max_accuracy_drop": 1.0,
-    },
+    # the gates at their defaults: tests/test_gates.py checks they hold on another CPU's floats
+    "quantize": {"calibration_images": 8, "latency_runs": 2},
 }
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

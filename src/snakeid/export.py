@@ -33,7 +33,6 @@ UNKNOWN_NAME = "unknown_score"  # the deployed model's second output (snakeid.op
 class ExportConfig:
     opset: int = field(default=17, metadata=spec(ge=13, le=21))
     max_abs_diff: float = field(default=1e-3, metadata=spec(gt=0.0))
-    min_agreement: float = field(default=1.0, metadata=spec(ge=0.0, le=1.0))
     parity_images: int = field(default=64, metadata=spec(ge=1))
     low_confidence_threshold: float = field(default=0.5, metadata=spec(ge=0.0, le=1.0))
 
@@ -140,16 +139,14 @@ PARITY_HEADLINE = ("top1_agreement", "max_abs_logit_diff", "max_abs_unknown_scor
 
 
 def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
+    """The |difference| bound alone: a top-1 swap beyond a near tie (top-2 margin ≤ twice the
+    bound) needs a larger difference, and a near tie may swap on any CPU's floats."""
     unknown_diff = result.get("max_abs_unknown_score_diff", 0.0)
-    if (
-        result["top1_agreement"] < cfg.min_agreement
-        or result["max_abs_logit_diff"] > cfg.max_abs_diff
-        or unknown_diff > cfg.max_abs_diff
-    ):
+    if result["max_abs_logit_diff"] > cfg.max_abs_diff or unknown_diff > cfg.max_abs_diff:
         raise UserError(
-            f"ONNX export does not match PyTorch: top-1 agreement {result['top1_agreement']:.4f} "
-            f"(need ≥ {cfg.min_agreement}), max |logit diff| {result['max_abs_logit_diff']:.2e}, "
-            f"max |unknown score diff| {unknown_diff:.2e} (need ≤ {cfg.max_abs_diff})"
+            f"ONNX export does not match PyTorch: max |logit diff| "
+            f"{result['max_abs_logit_diff']:.2e}, max |unknown score diff| {unknown_diff:.2e} "
+            f"(need ≤ {cfg.max_abs_diff}; top-1 agreement {result['top1_agreement']:.4f})"
         )
 
 

@@ -133,3 +133,17 @@ def bootstrap_intervals(
         f"{name}_ci95": {"low": float(np.percentile(v, lo)), "high": float(np.percentile(v, hi))}
         for name, v in draws.items()
     }
+
+
+def binomial_bound(successes: int, n: int, *, upper: bool, confidence: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) bound on a rate seen as `successes` of `n`: the true
+    rate is at most (`upper`) or at least this, with `confidence`. Gates judge a rate measured on
+    a few dozen photos by it, so that one photo more or less (e.g. floats of another CPU) does
+    not flip them, while a rate far below the bar still fails."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return 1.0 if upper else 0.0
+    if upper:
+        return 1.0 if successes == n else float(beta.ppf(confidence, successes + 1, n - successes))
+    return 0.0 if successes == 0 else float(beta.ppf(1 - confidence, successes, n - successes + 1))
