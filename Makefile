@@ -30,6 +30,12 @@ install-test: $(VENV)/.installed-test ## install plus the test extras
 
 repro: install ## install, then run the whole pipeline (dvc repro)
 	$(RUN) dvc repro
+	@if grep -q '"source": "demo-synthetic"' models/model_meta.json; then \
+	  echo "Done. This model learned synthetic demo photos: it does not identify real snakes."; \
+	  echo "Next: train it on real photos (README: 'Train on your own photos', 'Train on iNaturalist')."; \
+	else \
+	  echo "Done. Identify a snake: .venv/bin/snakeid predict PHOTO, or .venv/bin/snakeid serve"; \
+	fi
 
 test: install-test ## install with test extras, then run the whole test suite
 	$(RUN) python -m pytest
