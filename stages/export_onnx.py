@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--meta", type=Path, required=True)
     ap.add_argument("--card", type=Path, required=True, help="MODEL_CARD.md")
     ap.add_argument("--evaluation", type=Path, required=True, help="evaluate's headline metrics")
+    ap.add_argument("--evaluation-report", type=Path, required=True, help="evaluate's report")
     ap.add_argument("--metrics", type=Path, required=True, help="parity with PyTorch (DVC metrics)")
     ap.add_argument("--report", type=Path, required=True, help="every number (JSON)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -59,12 +60,14 @@ def main() -> None:
     write_json(args.report, result | {"opset": cfg.opset, "onnx_bytes": args.onnx.stat().st_size})
     write_json(args.metrics, {k: result[k] for k in PARITY_HEADLINE})
     check_parity(result, cfg)  # after writing, so a failed check leaves its evidence
+    report = json.loads(args.evaluation_report.read_text())
     meta = model_meta(
         ckpt,
         cfg,
         unknown_score=unknown_score.describe(),
         data=data_provenance(args.split, species),
-        evaluation=json.loads(args.evaluation.read_text()),
+        evaluation=json.loads(args.evaluation.read_text())
+        | {"venomous_lookalikes": report["venomous_lookalikes"]},
     )
     write_json(args.meta, meta)
     args.card.write_text(model_card(meta))

@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score
 from snakeid.card import data_provenance, model_card
 from snakeid.evaluate import HEADLINE, headline, per_species_rows
 from snakeid.live import CURVES, EpochLog
-from snakeid.metrics import bootstrap_intervals
+from snakeid.metrics import bootstrap_intervals, venomous_lookalikes
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 
@@ -103,6 +103,47 @@ def test_headline_keeps_only_the_review_numbers():
     ]
 
 
+KRAIT = Species("Bungarus fasciatus", "Banded Krait", True)
+WOLF = Species("Lycodon capucinus", "Common Wolf Snake", False)
+
+
+def test_lookalikes_are_the_confusions_across_the_venomous_line():
+    species = [*SPECIES, KRAIT, WOLF]  # cobra, rat snake, krait, wolf snake
+    y_true = np.array([2, 2, 2, 2, 0, 0, 1, 1, 3, 3])
+    y_pred = np.array([3, 3, 2, 0, 1, 0, 1, 0, 3, 2])
+    assert venomous_lookalikes(y_true, y_pred, species) == [
+        {
+            "true": "Bungarus fasciatus",
+            "predicted": "Lycodon capucinus",
+            "direction": "venomous → harmless",
+            "photos": 2,
+            "rate": 0.5,
+        },
+        {
+            "true": "Lycodon capucinus",
+            "predicted": "Bungarus fasciatus",
+            "direction": "harmless → venomous",
+            "photos": 1,
+            "rate": 0.5,
+        },
+        {
+            "true": "Naja kaouthia",
+            "predicted": "Ptyas mucosa",
+            "direction": "venomous → harmless",
+            "photos": 1,
+            "rate": 0.5,
+        },
+        {
+            "true": "Ptyas mucosa",
+            "predicted": "Naja kaouthia",
+            "direction": "harmless → venomous",
+            "photos": 1,
+            "rate": 0.5,
+        },
+    ]  # a krait called a cobra stays on one side of the line: not a look-alike
+    assert venomous_lookalikes(y_true, y_true, species) == []
+
+
 def _split(tmp_path: Path, source: str) -> Path:
     split = tmp_path / "split"
     split.mkdir()
@@ -140,10 +181,24 @@ def test_provenance_and_model_card(tmp_path, source):
         "species": [{"name": s.name, "common": s.common, "venomous": s.venomous} for s in SPECIES],
         "params_digest": "ab" * 32,
         "data": data,
-        "evaluation": headline(_evaluation()),
+        "evaluation": headline(_evaluation())
+        | {
+            "venomous_lookalikes": venomous_lookalikes(
+                np.array([0, 0, 1]), np.array([1, 0, 0]), SPECIES
+            )
+        },  # fmt: skip
         "unknown_score": {"score": "msp+knn1_per_class", "known_pass_rate": 0.95},
     }
     card = model_card(meta)
+    lookalikes = card[card.index("## Look-alikes") : card.index("## Species")].splitlines()
+    assert lookalikes[-3:-1] == [
+        "| *Naja kaouthia* (Monocled Cobra, venomous) | *Ptyas mucosa* (Oriental Rat Snake, "
+        "harmless) | 1 | 50% |",
+        "| *Ptyas mucosa* (Oriental Rat Snake, harmless) | *Naja kaouthia* (Monocled Cobra, "
+        "venomous) | 1 | 100% |",
+    ]
+    meta["evaluation"]["venomous_lookalikes"] = []
+    assert "No test photo was called a species across the venomous line." in model_card(meta)
     assert "| known-species photos flagged unknown | 5.0% | |" in card
     assert "| unknown vs known AUROC | 0.800 | |" in card
     assert "*Naja sputatrix* (1)" in card

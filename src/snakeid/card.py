@@ -105,6 +105,7 @@ def model_card(meta: dict[str, Any]) -> str:
         f"| held-out venomous called a known harmless species, unflagged | "
         f"{_rate(openset['dangerous_rate'])} | |",
         "",
+        *_lookalikes(ev["venomous_lookalikes"], species),
         "## Species",
         "",
         "| species | common name | venomous | train | val | test |",
@@ -129,6 +130,29 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _lookalikes(pairs: list[dict[str, Any]], species: list[dict[str, Any]]) -> list[str]:
+    """The test confusions across the venomous line, the costly ones first."""
+    common = {s["name"]: s["common"] for s in species}
+    lines = ["## Look-alikes across the venomous line", ""]
+    if not pairs:
+        return [*lines, "No test photo was called a species across the venomous line.", ""]
+    lines += [
+        "Test photos called a species on the other side of the venomous line "
+        "(`reports/evaluate.json`, `venomous_lookalikes`):",
+        "",
+        "| photo shows | called | photos | share of its test photos |",
+        "|---|---|---|---|",
+    ]
+    for direction in ("venomous → harmless", "harmless → venomous"):
+        for p in (p for p in pairs if p["direction"] == direction):
+            shows, called = direction.split(" → ")
+            lines.append(
+                f"| *{p['true']}* ({common[p['true']]}, {shows}) | *{p['predicted']}* "
+                f"({common[p['predicted']]}, {called}) | {p['photos']} | {p['rate']:.0%} |"
+            )
+    return [*lines, ""]
 
 
 def _rate(value: float | None) -> str:

@@ -159,7 +159,8 @@ def model_meta(
     evaluation: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything an application needs to use the exported model without this repository, and
-    its provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline)."""
+    its provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline and
+    its `venomous_lookalikes`)."""
     adapted = (ckpt.params.get("adapt") or {}).get("backbones", [])
     return {
         "format": META_FORMAT,

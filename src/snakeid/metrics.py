@@ -53,6 +53,7 @@ def classification_report(
         "n_venomous": n_v,
         "n_harmless": n_h,
         "ece": expected_calibration_error(y_true, probs, ece_bins),
+        "venomous_lookalikes": venomous_lookalikes(y_true, y_pred, species),
         "per_species": {
             species[c].name: {
                 "precision": float(p[i]),
@@ -64,6 +65,30 @@ def classification_report(
             for i, c in enumerate(labels)
         },
     }
+
+
+def venomous_lookalikes(
+    y_true: np.ndarray, y_pred: np.ndarray, species: Sequence[Species]
+) -> list[dict[str, Any]]:
+    """The confusions that cross the venomous line (a krait called a wolf snake, a rat snake
+    called a cobra): one entry per (true, predicted) species pair, most photos first, with the
+    share of the true species' test photos it takes."""
+    out = []
+    for t in np.unique(y_true):
+        n = int((y_true == t).sum())
+        for p in np.unique(y_pred[y_true == t]):
+            if species[t].venomous == species[p].venomous:
+                continue
+            photos = int(((y_true == t) & (y_pred == p)).sum())
+            out.append({
+                "true": species[t].name,
+                "predicted": species[p].name,
+                "direction": "venomous → harmless" if species[t].venomous
+                else "harmless → venomous",
+                "photos": photos,
+                "rate": photos / n,
+            })  # fmt: skip
+    return sorted(out, key=lambda e: (-e["photos"], e["true"], e["predicted"]))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int]) -> float:
