@@ -18,8 +18,10 @@ from snakeid.evaluate import (
     per_species_rows,
     plot_confusion,
     plot_per_species_f1,
+    plot_tradeoff,
     predict_scores,
     prediction_rows,
+    tradeoff_rows,
 )
 from snakeid.manifest import read_manifest
 from snakeid.models import deployed
@@ -40,6 +42,9 @@ def main() -> None:
     ap.add_argument("--predictions", type=Path, required=True, help="per-photo top-3 CSV")
     ap.add_argument("--confusion-png", type=Path, required=True)
     ap.add_argument("--f1-png", type=Path, required=True)
+    ap.add_argument("--tradeoff", type=Path, required=True, help="venomous rule at every threshold")
+    ap.add_argument("--tradeoff-chosen", type=Path, required=True, help="... at the model's")
+    ap.add_argument("--tradeoff-png", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -82,6 +87,10 @@ def main() -> None:
     write_csv(args.confusion, [{"actual": p["actual"], "predicted": p["predicted"]} for p in preds])
     plot_confusion(ev, species, args.confusion_png)
     plot_per_species_f1(metrics, args.f1_png)
+    curve, chosen = tradeoff_rows(ev, species, threshold)
+    write_csv(args.tradeoff, curve)
+    write_csv(args.tradeoff_chosen, [chosen])
+    plot_tradeoff(curve, chosen, args.tradeoff_png)
 
 
 if __name__ == "__main__":

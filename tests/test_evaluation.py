@@ -16,6 +16,8 @@ from snakeid.calibration import (
     nll,
     softmax,
     venomous_probability,
+    venomous_rule_report,
+    venomous_tradeoff,
 )
 from snakeid.errors import UserError
 from snakeid.evaluate import EvaluateConfig, evaluate
@@ -267,3 +269,18 @@ def test_binomial_bound_is_clopper_pearson():
     assert binomial_bound(10, 10, upper=False) == pytest.approx(0.05**0.1)
     lo, hi = binomial_bound(71, 75, upper=False), binomial_bound(71, 75, upper=True)
     assert lo < 71 / 75 < hi and hi > 0.95 > lo
+
+
+def test_venomous_tradeoff_walks_every_threshold_and_holds_the_rules_point():
+    p = np.array([0.9, 0.6, 0.3, 0.2, 0.6, 0.1])
+    is_v = np.array([True, True, True, False, False, False])
+    curve = venomous_tradeoff(p, is_v)
+    assert [r["threshold"] for r in curve] == [0.1, 0.2, 0.3, 0.6, 0.9]
+    # the lowest threshold warns on every photo; each higher one lets more of both pass
+    assert (curve[0]["venomous_missed"], curve[0]["harmless_passed"]) == (0.0, 0.0)
+    assert [r["venomous_missed"] for r in curve] == pytest.approx([0, 0, 0, 1 / 3, 2 / 3])
+    assert [r["harmless_passed"] for r in curve] == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3, 1])
+    rule = venomous_rule_report(p, is_v, 0.3)  # a point of the curve is the rule's own report
+    assert curve[2]["venomous_missed"] == rule["venomous_missed_rate"]
+    assert curve[2]["harmless_passed"] == 1 - rule["harmless_flagged_rate"]
+    assert venomous_tradeoff(p, np.ones(6, bool)) == []  # no harmless photo: no trade-off

@@ -91,7 +91,7 @@ def test_metrics_are_a_small_set_of_headline_numbers(project):
 def test_plots_show_writes_html(project, tmp_path):
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
     html = (tmp_path / "plots" / "index.html").read_text()
-    for plot in ("confusion", "per_species_f1", "val_macro_f1", "loss"):
+    for plot in ("confusion", "per_species_f1", "val_macro_f1", "loss", "venomous_tradeoff"):
         assert plot in html, plot
     per_species = (project / "plots/per_species.csv").read_text().splitlines()
     assert per_species[0].startswith("species,") and len(per_species) > 2

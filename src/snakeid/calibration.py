@@ -78,6 +78,21 @@ def fit_venomous_threshold(
     return float(min(cap, pv[allowed] if allowed < len(pv) else cap))
 
 
+def venomous_tradeoff(p_venomous: np.ndarray, is_venomous: np.ndarray) -> list[dict[str, float]]:
+    """The venomous rule at every threshold that changes its decisions (each photo's
+    P(venomous), ascending): the share of venomous photos it misses and of harmless photos it
+    lets pass without a warning. Empty when either kind of photo is missing."""
+    is_venomous = np.asarray(is_venomous, dtype=bool)
+    if is_venomous.all() or not is_venomous.any():
+        return []
+    rows = []
+    for t in np.unique(p_venomous):
+        r = venomous_rule_report(p_venomous, is_venomous, float(t))
+        rows.append({"threshold": float(t), "venomous_missed": r["venomous_missed_rate"],
+                     "harmless_passed": 1 - r["harmless_flagged_rate"]})  # fmt: skip
+    return rows
+
+
 def venomous_rule_report(
     p_venomous: np.ndarray, is_venomous: np.ndarray, threshold: float
 ) -> dict[str, float | None]:

@@ -19,6 +19,7 @@ from snakeid.calibration import (
     softmax,
     venomous_probability,
     venomous_rule_report,
+    venomous_tradeoff,
 )
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
@@ -306,6 +307,44 @@ def plot_confusion(ev: Evaluation, species: Sequence[Species], path: Path) -> No
     ax.set_ylabel("actual (row-normalised; venomous species in red)")
     ax.set_title(f"Test confusion matrix (n={len(ev.labels)})")
     fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tradeoff_rows(
+    ev: Evaluation, species: Sequence[Species], threshold: float
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """The venomous rule's trade-off on the test photos, and its point at the model's
+    `threshold` (fitted on held-out photos, not these)."""
+    venomous = np.array([s.venomous for s in species])
+    p, is_v = venomous_probability(ev.probs, venomous), venomous[ev.labels]
+    rule = venomous_rule_report(p, is_v, threshold)
+    chosen = {"threshold": threshold, "venomous_missed": rule["venomous_missed_rate"],
+              "harmless_passed": 1 - rule["harmless_flagged_rate"]}  # fmt: skip
+    return venomous_tradeoff(p, is_v), chosen
+
+
+def plot_tradeoff(curve: list[dict[str, float]], chosen: dict[str, float], path: Path) -> None:
+    """Harmless photos passed against venomous photos missed, the chosen threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.step([r["venomous_missed"] for r in curve], [r["harmless_passed"] for r in curve],
+            where="post", color="steelblue", label="every threshold")  # fmt: skip
+    ax.plot(chosen["venomous_missed"], chosen["harmless_passed"], "o", color="firebrick",
+            label=f"chosen: P(venomous) ≥ {chosen['threshold']:.3g}: misses "
+            f"{chosen['venomous_missed']:.0%}, passes {chosen['harmless_passed']:.0%}")  # fmt: skip
+    ax.set_xlabel("venomous test photos missed (no warning)")
+    ax.set_ylabel("harmless test photos passed (no warning)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title('"Possibly venomous" rule on the test photos')
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
