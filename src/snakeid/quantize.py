@@ -77,21 +77,22 @@ def calibration_rows(
     if cfg.calibration_sample == "random":
         return rng.sample(list(train), n)
     # stratified: per species, its observations shuffled, one photo of each in turn
+    by_species: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for r in train:
+        by_species.setdefault(r["taxon"], {}).setdefault(r["observation_id"], []).append(r)
     queues = []
-    for taxon in sorted({r["taxon"] for r in train}):
-        observations: dict[str, list[dict[str, str]]] = {}
-        for r in train:
-            if r["taxon"] == taxon:
-                observations.setdefault(r["observation_id"], []).append(r)
-        groups = list(observations.values())
+    for taxon in sorted(by_species):
+        groups = list(by_species[taxon].values())
         rng.shuffle(groups)
         for g in groups:
             rng.shuffle(g)
-        queues.append([g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)])
-    picked: list[dict[str, str]] = []
-    for i in range(max(map(len, queues))):
-        picked.extend(q[i] for q in queues if i < len(q))
-    return picked[:n]
+        queues.append(_round_robin(groups))
+    return _round_robin(queues)[:n]
+
+
+def _round_robin(lists: Sequence[Sequence[Any]]) -> list[Any]:
+    """The first item of each list, then the second of each, and so on."""
+    return [x[i] for i in range(max(map(len, lists), default=0)) for x in lists if i < len(x)]
 
 
 class _Calibration:
