@@ -15,6 +15,7 @@ from snakeid.calibration import (
     fit_venomous_threshold,
     nll,
     softmax,
+    tradeoff_point,
     venomous_probability,
     venomous_rule_report,
     venomous_tradeoff,
@@ -284,3 +285,5 @@ def test_venomous_tradeoff_walks_every_threshold_and_holds_the_rules_point():
     assert curve[2]["venomous_missed"] == rule["venomous_missed_rate"]
     assert curve[2]["harmless_passed"] == 1 - rule["harmless_flagged_rate"]
     assert venomous_tradeoff(p, np.ones(6, bool)) == []  # no harmless photo: no trade-off
+    assert tradeoff_point(p, np.ones(6, bool), 0.3)["harmless_passed"] is None
+    assert tradeoff_point(p, is_v, 0.3) == curve[2]

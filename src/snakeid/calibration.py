@@ -78,19 +78,28 @@ def fit_venomous_threshold(
     return float(min(cap, pv[allowed] if allowed < len(pv) else cap))
 
 
-def venomous_tradeoff(p_venomous: np.ndarray, is_venomous: np.ndarray) -> list[dict[str, float]]:
+def venomous_tradeoff(p_venomous: np.ndarray, is_venomous: np.ndarray) -> list[dict[str, Any]]:
     """The venomous rule at every threshold that changes its decisions (each photo's
-    P(venomous), ascending): the share of venomous photos it misses and of harmless photos it
-    lets pass without a warning. Empty when either kind of photo is missing."""
+    P(venomous), ascending): `tradeoff_point` at each. Empty when either kind of photo is
+    missing."""
     is_venomous = np.asarray(is_venomous, dtype=bool)
     if is_venomous.all() or not is_venomous.any():
         return []
-    rows = []
-    for t in np.unique(p_venomous):
-        r = venomous_rule_report(p_venomous, is_venomous, float(t))
-        rows.append({"threshold": float(t), "venomous_missed": r["venomous_missed_rate"],
-                     "harmless_passed": 1 - r["harmless_flagged_rate"]})  # fmt: skip
-    return rows
+    return [tradeoff_point(p_venomous, is_venomous, float(t)) for t in np.unique(p_venomous)]
+
+
+def tradeoff_point(
+    p_venomous: np.ndarray, is_venomous: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """The rule at `threshold`: the share of venomous photos it misses and of harmless photos
+    it lets pass without a warning (None where there are no such photos)."""
+    rule = venomous_rule_report(p_venomous, is_venomous, threshold)
+    flagged = rule["harmless_flagged_rate"]
+    return {
+        "threshold": threshold,
+        "venomous_missed": rule["venomous_missed_rate"],
+        "harmless_passed": None if flagged is None else 1 - flagged,
+    }
 
 
 def venomous_rule_report(

@@ -17,6 +17,7 @@ from snakeid.calibration import (
     flagged_unknown,
     possibly_venomous,
     softmax,
+    tradeoff_point,
     venomous_probability,
     venomous_rule_report,
     venomous_tradeoff,
@@ -315,18 +316,15 @@ def plot_confusion(ev: Evaluation, species: Sequence[Species], path: Path) -> No
 
 def tradeoff_rows(
     ev: Evaluation, species: Sequence[Species], threshold: float
-) -> tuple[list[dict[str, float]], dict[str, float]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The venomous rule's trade-off on the test photos, and its point at the model's
     `threshold` (fitted on held-out photos, not these)."""
     venomous = np.array([s.venomous for s in species])
     p, is_v = venomous_probability(ev.probs, venomous), venomous[ev.labels]
-    rule = venomous_rule_report(p, is_v, threshold)
-    chosen = {"threshold": threshold, "venomous_missed": rule["venomous_missed_rate"],
-              "harmless_passed": 1 - rule["harmless_flagged_rate"]}  # fmt: skip
-    return venomous_tradeoff(p, is_v), chosen
+    return venomous_tradeoff(p, is_v), tradeoff_point(p, is_v, threshold)
 
 
-def plot_tradeoff(curve: list[dict[str, float]], chosen: dict[str, float], path: Path) -> None:
+def plot_tradeoff(curve: list[dict[str, Any]], chosen: dict[str, Any], path: Path) -> None:
     """Harmless photos passed against venomous photos missed, the chosen threshold marked."""
     import matplotlib
 
@@ -334,6 +332,9 @@ def plot_tradeoff(curve: list[dict[str, float]], chosen: dict[str, float], path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    if not curve:  # every test photo venomous, or every one harmless
+        ax.text(0.5, 0.5, "no trade-off: the test photos are all of one kind", ha="center")
+        chosen = {**chosen, "venomous_missed": np.nan, "harmless_passed": np.nan}
     ax.step([r["venomous_missed"] for r in curve], [r["harmless_passed"] for r in curve],
             where="post", color="steelblue", label="every threshold")  # fmt: skip
     ax.plot(chosen["venomous_missed"], chosen["harmless_passed"], "o", color="firebrick",
