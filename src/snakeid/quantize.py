@@ -365,7 +365,7 @@ def compare(
         session = ort_session(path, threads)
         every, unknown[name] = run_probs(session, [*batches, *heldout])
         probs[name], top1[name] = every[:n], every.argmax(1)
-        pred = probs[name].argmax(1)
+        pred = top1[name][:n]
         result[name] = {
             "bytes": path.stat().st_size,
             "accuracy": float((pred == y).mean()),
@@ -374,19 +374,20 @@ def compare(
     # both agreements on every photo they are judged on: known test photos, then held-out
     # species' photos
     flags = {name: flagged_unknown(scores, unknown_threshold) for name, scores in unknown.items()}
+    same_top1 = top1["fp32"] == top1["int8"]
     for key, agree in (
-        ("top1_agreement", top1["fp32"] == top1["int8"]),
+        ("top1_agreement", same_top1),
         ("unknown_flag_agreement", flags["fp32"] == flags["int8"]),
     ):
         result[key] = float(agree.mean())
         result[f"{key}_test"] = float(agree[:n].mean())
         result[f"{key}_heldout"] = float(agree[n:].mean()) if heldout else None
-    agreeing = int((top1["fp32"] == top1["int8"]).sum())
-    result["agreement_photos"] = len(top1["fp32"])
-    result["top1_agreement_upper95"] = binomial_bound(agreeing, len(top1["fp32"]), upper=True)
-    result["accuracy_drop_lower95"] = _drop_lower_bound(
-        probs["fp32"].argmax(1) == y, probs["int8"].argmax(1) == y
+    result["agreement_photos"] = len(same_top1)
+    result["top1_agreement_upper95"] = binomial_bound(
+        int(same_top1.sum()), len(same_top1), upper=True
     )
+    right = {name: top1[name][:n] == y for name in top1}
+    result["accuracy_drop_lower95"] = _drop_lower_bound(right["fp32"], right["int8"])
     result["n_test"] = n
     result["max_abs_unknown_score_diff"] = float(np.abs(unknown["fp32"] - unknown["int8"]).max())
     result["size_ratio"] = result["int8"]["bytes"] / result["fp32"]["bytes"]
