@@ -10,8 +10,6 @@ tree changes during the run.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -23,8 +21,6 @@ from typing import Any
 
 import psutil
 import yaml
-
-from snakeid.config import merge_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import dvc_project  # noqa: E402  (tests/dvc_project.py: the project copy, one home for both)
@@ -178,20 +174,7 @@ def stage_command(
     """A stage's `dvc.yaml` command with some `paths` replaced, its literal outputs in
     dvc_project.OUTPUT_DIRS sent to `scratch`, reading `params_file`: the stage as DVC runs
     it, on other data, without touching the project's outputs."""
-    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
-    context = yaml.safe_load((root / "params.yaml").read_text())
-    for v in dvc.get("vars", []):
-        if isinstance(v, dict):
-            context = merge_params(context, v)
-    context["paths"] = context.get("paths", {}) | paths
-
-    def lookup(m: re.Match[str]) -> str:
-        value: Any = context
-        for part in m.group(1).split("."):
-            value = value[part]
-        return str(value)
-
-    argv = shlex.split(re.sub(r"\$\{([\w.]+)\}", lookup, dvc["stages"][stage]["cmd"]))
+    argv = dvc_project.stage_argv(root, stage, paths)
     argv = [
         str(scratch / f"{stage}_{Path(a).name}")
         if a.startswith(tuple(f"{d}/" for d in dvc_project.OUTPUT_DIRS))

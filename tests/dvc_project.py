@@ -7,10 +7,13 @@ works on its own `copy_project` of it, so the pipeline is not reproduced once pe
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -115,6 +118,25 @@ def reproduced(tmp_path_factory) -> Path:
 def params_read_file(root: Path) -> Path:
     """Where the first repro of `root` recorded the params its stages read (beside the repo)."""
     return root.parent / "params_read.tsv"
+
+
+def stage_argv(root: Path, stage: str, paths: dict[str, str] | None = None) -> list[str]:
+    """A stage's `dvc.yaml` command as DVC runs it in `root`: `${...}` filled from its `vars`
+    and params.yaml, `paths` replacing some of the `paths` var."""
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    context = yaml.safe_load((root / "params.yaml").read_text())
+    for v in dvc.get("vars", []):
+        if isinstance(v, dict):
+            context = merge_params(context, v)
+    context["paths"] = context.get("paths", {}) | (paths or {})
+
+    def lookup(m: re.Match[str]) -> str:
+        value: Any = context
+        for part in m.group(1).split("."):
+            value = value[part]
+        return str(value)
+
+    return shlex.split(re.sub(r"\$\{([\w.]+)\}", lookup, dvc["stages"][stage]["cmd"]))
 
 
 def copy_project(src: Path, dest: Path) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dvc_project import copy_project, ran_stages, reproduced, run
+from dvc_project import copy_project, ran_stages, reproduced, run, stage_argv
 
 # PyTorch's own kernels (ATen) and oneDNN's (its convolutions) limited to AVX2, as on an older
 # or a non-Intel CPU
@@ -104,12 +104,8 @@ def test_quantize_stage_fails_on_a_broken_int8_model(
     _set_params(project, "quantize", **{k: defaults["quantize"][k] for k in bars})
     monkeypatch.chdir(project)
     monkeypatch.setattr(snakeid.quantize, "quantize", _wrong_scales(snakeid.quantize.quantize))
-    cmd = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["quantize"]["cmd"]
-    args = cmd.split("stages/quantize.py", 1)[1].split()
-    paths = yaml.safe_load((project / "dvc.yaml").read_text())["vars"][1]["paths"]
-    args = [a.replace("${paths.", "").rstrip("}") for a in args]
-    args = [paths.get(a, a) for a in args]
-    monkeypatch.setattr(sys, "argv", ["stages/quantize.py", *args])
+    argv = stage_argv(project, "quantize")  # env PYTHONPATH=src python stages/quantize.py ...
+    monkeypatch.setattr(sys, "argv", argv[argv.index("stages/quantize.py") :])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(project / "stages/quantize.py"), run_name="__main__")
     assert exit_.value.code == 2
