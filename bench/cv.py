@@ -19,6 +19,9 @@ Protocol:
   and venomous threshold from out-of-fold logits of the training folds), and the AdamW recipes
   (`snakeid.train.fit_tail`) with an inner grouped val split for epoch and calibration, as in the
   pipeline without refit.
+* `probe_views_adapt_<trunk>`: the real-photo setting (`adapt.backbones`) as the pipeline runs
+  it: per fold, the trunk fine-tuned end to end on the training photos outside one inner fold,
+  which alone calibrates (`adapted_probe_recipe`).
 * Reported per recipe: mean ± sd over folds of macro-F1, balanced accuracy, venomous → harmless
   (share of venomous photos whose top-1 is a harmless species), and the "possibly venomous"
   rule's miss and harmless-flag rates at its fitted threshold; training seconds per fold.
@@ -36,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from _realdata import ENSEMBLE, clean_rows, features  # noqa: E402
+from _realdata import CALIBRATION_FOLD, ENSEMBLE, adapted, clean_rows, features  # noqa: E402
 from snakeid import verify  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     calibrate_on_val,
@@ -54,7 +57,7 @@ from snakeid.calibration import (  # noqa: E402
     venomous_probability,
     venomous_rule_report,
 )
-from snakeid.config import BaseConfig, load_params, section  # noqa: E402
+from snakeid.config import BaseConfig, load_params, section, to_dict  # noqa: E402
 from snakeid.data import DataConfig  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
@@ -64,6 +67,7 @@ from snakeid.sources import DownloadConfig, run_download  # noqa: E402
 from snakeid.split import observation_key  # noqa: E402
 from snakeid.taxa import Species, label_index, load_species  # noqa: E402
 from snakeid.train import (  # noqa: E402
+    AdaptConfig,
     FeatureCache,
     FinetuneConfig,
     LossConfig,
@@ -137,6 +141,30 @@ def probe_recipe(
         else:
             held, held_y = probe.logits(np.asarray(x[0, val], np.float32)), task.y[val]
         return probe.logits(np.asarray(x[0, test], np.float32)), task.calibrate(held, held_y)
+
+    return run
+
+
+def adapted_probe_recipe(
+    x: np.ndarray, rows: list[dict], adapt: AdaptConfig, data: DataConfig, work: Path, *, c: float
+) -> Recipe:
+    """The real-photo setting as the pipeline runs it: `adapt.backbones` fine-tuned end to end
+    (`snakeid.train.adapt`) on the training photos outside one inner fold (`CALIBRATION_FOLD`,
+    playing train_head's val photos), their columns of `x` replaced; the probe on every view,
+    refitted on all the training photos; calibrated on that inner fold's out-of-fold logits
+    alone, never on a photo the adapted trunk trained on."""
+
+    def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
+        yt, groups = task.y[train], [task.groups[i] for i in train]
+        inner = grouped_folds(yt, groups, task.inner_folds, task.seed)
+        calibrate = inner == CALIBRATION_FOLD
+        fold_x = adapted(x, rows, task.species, task.species, train[~calibrate], adapt, data,
+                         seed=task.seed, work=work / "adapted")  # fmt: skip
+        xt = np.asarray(fold_x[:, train], np.float32)
+        probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), task.n_classes, c=c)
+        oof = out_of_fold_logits(xt, yt, inner, task.n_classes, c=c, balanced=False)
+        logits = probe.logits(np.asarray(fold_x[0, test], np.float32))
+        return logits, task.calibrate(oof[calibrate], yt[calibrate])
 
     return run
 
@@ -256,7 +284,9 @@ def plan(args: argparse.Namespace) -> list[str]:
     names += ["lite0+lite2/probe", "lite0+lite1+lite2/probe_views_c0.03",
               "lite0+lite1+lite2/probe_views_c0.3", "lite0+lite1+lite2/probe_views_balanced",
               "lite0/previous_default", "lite0+lite1+lite2/probe_views_norefit",
-              "lite0+lite1+lite2/probe_views2", "lite0+lite1+lite2/probe_views3"]  # fmt: skip
+              "lite0+lite1+lite2/probe_views2", "lite0+lite1+lite2/probe_views3",
+              # the slowest last: a trunk trained end to end per fold
+              "lite0+lite1+lite2/probe_views_adapt_lite0"]  # fmt: skip
     return [n for n in names if not args.only or n in args.only]
 
 
@@ -331,6 +361,7 @@ def main() -> None:
         # the command that reruns everything (results accumulate over runs; --only selects)
         "command": " ".join(["python", "bench/cv.py", *_without_only(sys.argv[1:])]),
         "feature_seconds": previous.get("feature_seconds", {}),
+        "adapt": previous.get("adapt", {}),  # the adapted recipes' settings
     }
     result.setdefault("recipes", {})
     names = [n for n in plan(args) if n not in result["recipes"]]
@@ -351,7 +382,14 @@ def main() -> None:
     for name in names:
         b, kind = name.split("/")
         _logger.info("recipe %s", name)
-        if kind.startswith("probe"):
+        if kind.startswith("probe_views_adapt_"):  # adapt.backbones=[...] as in params.yaml
+            trunks = tuple(f"efficientnet_{t}" for t in kind.removeprefix("probe_views_adapt_")
+                           .split("+"))  # fmt: skip
+            adapt = replace(section(params, "adapt", AdaptConfig), backbones=trunks)
+            adapt = replace(adapt, epochs=1) if args.fast else adapt  # a smoke run
+            result["meta"].setdefault("adapt", {})[name] = to_dict(adapt)
+            recipe = adapted_probe_recipe(columns(b), rows, adapt, data, work, c=0.1)
+        elif kind.startswith("probe"):
             n = kind.removeprefix("probe_views")[:1]  # probe_views<n>: the first n views
             views = 1 if kind == "probe" else int(n) if n.isdigit() else data.views
             c = float(kind.split("_c")[1]) if "_c" in kind else 0.1
@@ -427,6 +465,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_ms(r, 'venomous_as_harmless', True)} | {_ms(r, 'rule_missed', True)} "
             f"| {_ms(r, 'rule_flagged_harmless', True)} | {r['mean']['seconds']:.0f} |"
         )
+    for name, a in meta.get("adapt", {}).items():
+        lines += ["", (
+            f"`{name}`: as `adapt.backbones: {a['backbones']}` runs in the pipeline. Per fold, "
+            f"fine-tuned end to end ({a['epochs']} epochs, peak lr {a['lr']:g}) on the training "
+            "photos outside one inner grouped fold, which plays train_head's val photos: the "
+            "probe refits on every training photo, and only that fold's out-of-fold logits fit "
+            "the temperature and the venomous threshold (never a photo the trunk trained on). "
+            "Its seconds per fold include the adaptation and the adapted trunk's feature pass."
+        )]  # fmt: skip
     lines += ["", "Feature passes (once, shared by every recipe and fold): " + ", ".join(
         f"{k} {v:.0f} s" for k, v in meta["feature_seconds"].items())]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -24,10 +24,14 @@ Protocol:
   top-1 is a known harmless species and which is not flagged unknown), and the share of unknown
   venomous photos caught by "flagged unknown OR possibly venomous".
 * Means and sds over rotations (of each rotation's mean over folds), and sds over all folds.
-* `--adapt BACKBONE...`: before each outer fold, those trunks are fine-tuned end to end on its
-  training photos by the pipeline's own `snakeid.train.adapt` (what `adapt.backbones` makes
-  `train_head` do), and their columns of the features replaced (every photo, every view, the
-  same augmentation seeds); cached per fold under `--work`, so an interrupted run resumes.
+* `--adapt BACKBONE...`: as the pipeline runs it. `train_head` adapts trunks on its train photos
+  and calibrates on its val photos alone; here one inner fold of each outer fold's training
+  photos plays val (`CALIBRATION_FOLD`). Those trunks are fine-tuned end to end on the other
+  inner folds by the pipeline's own `snakeid.train.adapt`, and their columns of the features
+  replaced (every photo, every view, the same augmentation seeds); the probe still fits on every
+  training photo, but the temperature, the venomous threshold and every score's threshold (and
+  standardisation) are fitted on that fold's out-of-fold values only: never on a photo an
+  adapted trunk trained on. Cached per fold under `--work`, so an interrupted run resumes.
   `--outer-folds K` evaluates only the first K outer folds of each rotation (a partial run).
 * The deployed score's safety trade-off: the same rates with the unknown threshold and the
   venomous rule refitted for each (`known_pass_rate`, `venomous_miss_target`) of a small grid.
@@ -42,7 +46,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -57,6 +60,8 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import _realdata  # noqa: E402  (the verified rows and the feature pass, as cv.py)
+from _realdata import CALIBRATION_FOLD  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     calibrate_on_val,
     flagged_unknown,
@@ -138,8 +143,7 @@ class Photos:
 
 def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int) -> Photos:
     """bench/cv.py's photos and cached pooled features (the same loading code, so the rows line up
-    with its cache); needs torch only when the features must be computed."""
-    import _realdata  # the feature pass and the verified rows of the folder, as cv.py
+    with its cache)."""
     from snakeid.config import load_params
     from snakeid.data import DataConfig
     from snakeid.models import ModelConfig, build_model, trunk_sizes
@@ -170,34 +174,16 @@ def adapted(
     photos: Photos, held: np.ndarray, train: np.ndarray, adapt: AdaptConfig, s: Settings,
     work: Path,
 ) -> Photos:  # fmt: skip
-    """`photos` with the columns of each trunk in `adapt.backbones` replaced by its pooled features
-    after `train_head` would adapt it (`snakeid.train.adapt`) on the known `train` photos: every
-    photo, every view, augmented from the same seeds as the frozen columns. Cached in `work`."""
-    import _realdata
+    """`photos` with the adapted trunks' columns (`_realdata.adapted`): adapted on the known
+    `train` photos (an outer fold's training photos outside `CALIBRATION_FOLD`)."""
     from snakeid.data import DataConfig
-    from snakeid.models import ModelConfig, build_model
-    from snakeid.train.adapt import adapt_trunks
 
     assert photos.rows is not None, "adaptation trains on photos: real data only"
     known = [sp for i, sp in enumerate(photos.species) if i not in held]
-    trained_on = [photos.rows[i]["photo_id"] for i in train]
-    key = json.dumps([to_dict(adapt), trained_on, s.views, FEATURE_SEED, len(photos.y)])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    data = DataConfig(views=s.views, batch_size=32)
-    model = build_model(_realdata.ENSEMBLE, len(known), ModelConfig())
-    paths = {name: work / f"{digest}-{name}.npy" for name in adapt.backbones}
-    if not all(p.exists() for p in paths.values()):
-        with threadpool_limits(os.cpu_count()):  # torch's threads too: the run's limit is 1
-            adapt_trunks(model, [photos.rows[i] for i in train], known, adapt, data=data,
-                         seed=FEATURE_SEED, device="cpu")  # fmt: skip
-    x = np.array(photos.x)  # a copy: the frozen features stay as they are
-    start = np.cumsum([0, *(t.dim for t in model.trunks)])
-    for name, path in paths.items():
-        k = model.backbones.index(name)
-        x[:, :, start[k] : start[k + 1]] = _realdata.features(
-            model.trunks[k], photos.rows, photos.species, data, size=model.input_size,
-            seed=FEATURE_SEED, path=path,
-        )[0]  # fmt: skip
+    x = _realdata.adapted(
+        photos.x, photos.rows, photos.species, known, train, adapt,
+        DataConfig(views=s.views, batch_size=32), seed=FEATURE_SEED, work=work,
+    )  # fmt: skip
     return Photos(x, photos.y, photos.groups, photos.species, photos.rows)
 
 
@@ -228,6 +214,18 @@ def rotations(venomous: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
 # One rotation, one fold
 
 
+def known_labels(photos: Photos, held: np.ndarray) -> np.ndarray:
+    """Each photo's label among the known species (meaningless for the held-out species')."""
+    return np.cumsum(~np.isin(np.arange(len(photos.species)), held))[photos.y] - 1
+
+
+def inner_folds(photos: Photos, held: np.ndarray, train: np.ndarray, s: Settings) -> np.ndarray:
+    """The inner grouped folds of the `train` photos: the probe's out-of-fold logits, the
+    scores' out-of-fold values and, with --adapt, the calibration fold all use them."""
+    y = known_labels(photos, held)[train]
+    return grouped_folds(y, [photos.groups[i] for i in train], s.folds, s.seed)
+
+
 @dataclass(frozen=True)
 class Settings:
     folds: int
@@ -255,10 +253,8 @@ def probe_outputs(
     probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), n_known, c=s.c)
     out = {
         "logits": probe.logits(np.asarray(photos.x[0, evaluated], np.float32)),
-        "oof": out_of_fold_logits(
-            xt, yt, grouped_folds(yt, [photos.groups[i] for i in train], s.folds, s.seed),
-            n_known, c=s.c, balanced=False,
-        ),
+        "oof": out_of_fold_logits(xt, yt, inner_folds(photos, held, train, s), n_known, c=s.c,
+                                  balanced=False),
     }  # fmt: skip
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
@@ -299,76 +295,81 @@ class Decisions:
 
 def score_values(
     x_train: np.ndarray, y_train: np.ndarray, inner: np.ndarray, oof: np.ndarray,
-    x_eval: np.ndarray, logits: np.ndarray,
+    x_eval: np.ndarray, logits: np.ndarray, calibrate: np.ndarray,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """Every candidate's (out-of-fold values on the training photos, values on the evaluated
-    photos): statistics fitted on the inner training folds, then on all training photos."""
+    """Every candidate's (out-of-fold values on the `calibrate` training photos, values on the
+    evaluated photos): statistics fitted on the inner training folds, then on all training
+    photos."""
     out = {}
     for name, fit in CANDIDATES.items():
         held = np.empty(len(y_train))
         for f in range(inner.max() + 1):
             score = fit(x_train[inner != f], y_train[inner != f])
             held[inner == f] = score.score(x_train[inner == f], oof[inner == f])
-        out[name] = held, fit(x_train, y_train).score(x_eval, logits)
+        out[name] = held[calibrate], fit(x_train, y_train).score(x_eval, logits)
     for name, (parts, per_class) in COMBINED.items():
         # the parts' own out-of-fold values fit the standardisation, as they fit the threshold
         held, evaluated = (np.stack([out[p][i] for p in parts]) for i in (0, 1))
-        combined = Combined.fit((), held, oof, per_class=per_class)  # parts already applied
-        out[name] = combined.combine(held, oof), combined.combine(evaluated, logits)
+        cal_logits = oof[calibrate]
+        combined = Combined.fit((), held, cal_logits, per_class=per_class)  # parts applied
+        out[name] = combined.combine(held, cal_logits), combined.combine(evaluated, logits)
     return out
 
 
 def evaluate_fold(
-    photos: Photos, held: np.ndarray, fold_of: np.ndarray, fold: int, s: Settings, cache: Path
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    photos: Photos, held: np.ndarray, fold_of: np.ndarray, fold: int, s: Settings, cache: Path,
+    *, adapted: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:  # fmt: skip
     """Every candidate's metrics for one (rotation, fold), {candidate: {metric: value}}, and the
-    deployed score's at each setting of the trade-off grid, {setting: {metric: value}}."""
+    deployed score's at each setting of the trade-off grid, {setting: {metric: value}}.
+    `adapted`: the features' adapted trunks trained on the training photos outside
+    `CALIBRATION_FOLD`, so only that fold calibrates."""
     is_unknown = np.isin(photos.y, held)
     known_species = [sp for i, sp in enumerate(photos.species) if i not in held]
-    # label among the known species (meaningless for the unknown photos)
-    y_known = np.cumsum(~np.isin(np.arange(len(photos.species)), held))[photos.y] - 1
+    y_known = known_labels(photos, held)
     known, unknown = np.flatnonzero(~is_unknown), np.flatnonzero(is_unknown)
     train, test = known[fold_of != fold], known[fold_of == fold]
     evaluated = np.r_[test, unknown]
     out = probe_outputs(photos, held, fold, train, evaluated, y_known, s, cache)
+    # the inner folds of out_of_fold_logits (the same call) give out-of-fold score values
+    inner = inner_folds(photos, held, train, s)
+    cal = inner == CALIBRATION_FOLD if adapted else np.ones(len(train), bool)
     logits, oof = out["logits"], out["oof"]
 
     venomous = np.array([sp.venomous for sp in known_species])
 
     def decisions_at(miss_target: float) -> tuple[Decisions, float]:
         """The venomous rule fitted for `miss_target`, and the temperature."""
-        cal = calibrate_on_val(oof, y_known[train], known_species, temperature_scaling=True,
-                               miss_target=miss_target)  # fmt: skip
+        fitted = calibrate_on_val(oof[cal], y_known[train][cal], known_species,
+                                  temperature_scaling=True, miss_target=miss_target)  # fmt: skip
         decisions = Decisions(
             n_test=len(test),
             top1_harmless=~venomous[logits.argmax(1)],
-            p_venomous=venomous_probability(softmax(logits, cal["temperature"]), venomous),
-            venomous_threshold=cal["venomous_threshold"],
+            p_venomous=venomous_probability(softmax(logits, fitted["temperature"]), venomous),
+            venomous_threshold=fitted["venomous_threshold"],
             known_harmless=~venomous[y_known[test]],
             unknown_venomous=photos.venomous[photos.y[unknown]],
         )
-        return decisions, cal["temperature"]
+        return decisions, fitted["temperature"]
 
     decisions, t = decisions_at(s.miss_target)
-    # the inner folds of out_of_fold_logits (the same call) give out-of-fold score values
-    inner = grouped_folds(y_known[train], [photos.groups[i] for i in train], s.folds, s.seed)
     values = score_values(
         np.asarray(photos.x[0, train], np.float32), y_known[train], inner, oof,
-        np.asarray(photos.x[0, evaluated], np.float32), logits,
+        np.asarray(photos.x[0, evaluated], np.float32), logits, cal,
     )  # fmt: skip
     result = {
         name: decisions.report(scores, fit_threshold(held_out, s.pass_rate))
         for name, (held_out, scores) in values.items()
     }
     # the pipeline's own score, fitted as `finetune` fits it: on the calibrated out-of-fold
-    # logits of the training photos and their inner folds, the bank every training photo (every
-    # cached view of it)
+    # logits of the calibrating training photos and their inner folds, the bank every training
+    # photo (every cached view of it)
     views = np.asarray(photos.x[:, train], np.float32)
     x_eval = np.asarray(photos.x[0, evaluated], np.float32)
 
     def deployed(bank: np.ndarray, pass_rate: float) -> tuple[np.ndarray, float]:
-        score = UnknownScore.fit(bank, views[0], oof / t, bank_folds=inner, held_folds=inner,
-                                 known_pass_rate=pass_rate)  # fmt: skip
+        score = UnknownScore.fit(bank, views[0, cal], oof[cal] / t, bank_folds=inner,
+                                 held_folds=inner[cal], known_pass_rate=pass_rate)  # fmt: skip
         return score.score(x_eval, logits / t), score.threshold
 
     fitted = {p: deployed(views, p) for p in dict.fromkeys((s.pass_rate, *TRADE_OFF_PASS_RATES))}
@@ -476,7 +477,8 @@ def main() -> None:
     cache = args.work / ("fast" if args.fast else "real")
     adapt = AdaptConfig(backbones=tuple(args.adapt), epochs=args.adapt_epochs)
     if adapt.backbones:  # per-fold features: their own probe outputs
-        cache = cache / f"adapt-{hashlib.sha256(str(to_dict(adapt)).encode()).hexdigest()[:12]}"
+        key = f"{to_dict(adapt)} adapted outside calibration fold {CALIBRATION_FOLD}"
+        cache = cache / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     outer_folds = min(args.outer_folds or s.folds, s.folds)
 
     held_sets = [
@@ -498,10 +500,13 @@ def main() -> None:
         for f in range(outer_folds):
             started = time.perf_counter()
             fold_photos = photos
-            if adapt.backbones:
+            if adapt.backbones:  # on the training photos outside the calibration fold
                 train = np.flatnonzero(known)[fold_of != f]
+                train = train[inner_folds(photos, held, train, s) != CALIBRATION_FOLD]
                 fold_photos = adapted(photos, held, train, adapt, s, args.work / "adapted")
-            fold_result, fold_trade_off = evaluate_fold(fold_photos, held, fold_of, f, s, cache)
+            fold_result, fold_trade_off = evaluate_fold(
+                fold_photos, held, fold_of, f, s, cache, adapted=bool(adapt.backbones)
+            )
             runs[-1].append(fold_result)
             trade_offs[-1].append(fold_trade_off)
             _logger.info("rotation %d fold %d (%.0f s): AUROC %s", r, f,
@@ -609,9 +614,10 @@ def adapt_lines(meta: dict[str, Any]) -> list[str]:
         lines.append(
             f"Adapted per outer fold, as `train_head` adapts them (`adapt`): "
             f"{', '.join(a['backbones'])}, {a['epochs']} epochs at peak lr {a['lr']:g}, fine-tuned "
-            "end to end on that fold's training photos; the other trunks frozen. The inner "
-            "out-of-fold values come from the same adapted trunk (as in the pipeline, where it "
-            "adapts on every photo the probe fits on)."
+            "end to end on that fold's training photos outside one inner fold; the other trunks "
+            "frozen. As in the pipeline (train_head adapts on train and calibrates on val alone), "
+            "only that inner fold's out-of-fold values fit the temperature, the venomous "
+            "threshold and the unknown thresholds: never a photo an adapted trunk trained on."
         )
     if meta["outer_folds_evaluated"] < meta["folds"]:
         lines.append(

@@ -112,14 +112,15 @@ def _unknown_score(
     device: str,
 ) -> UnknownScore:
     """Fit the unknown-species score on the photos the calibration used: the out-of-fold
-    train+val photos of a refitted probe (its folds), else the val photos against the train
-    photos. The bank of the deployed score is the photos the classifier trained on."""
+    photos of a refitted probe (`rows` of train+val, each against the bank photos of the other
+    folds), else the val photos against the train photos. The bank of the deployed score is the
+    photos the classifier trained on."""
     train, val = pooled_views(model, caches, device)  # (V, N, D)
     logits = held["logits"].numpy() / temperature  # calibrated, as the deployed model's
     if held["folds"] is not None:
         every = np.concatenate([train, val], axis=1)
-        folds = held["folds"].numpy()
-        bank, held_x, bank_folds, held_folds = every, every[0], folds, folds
+        folds, rows = held["folds"].numpy(), held["rows"].numpy()
+        bank, held_x, bank_folds, held_folds = every, every[0, rows], folds, folds[rows]
     else:
         bank, held_x = train, val[0]
         bank_folds, held_folds = np.full(train.shape[1], -1), np.zeros(val.shape[1], int)

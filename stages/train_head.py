@@ -1,7 +1,8 @@
 """Stage train_head: train the classifier on a frozen, ImageNet-pretrained backbone.
 
-First, if `adapt.backbones` names any, those trunks are fine-tuned end to end on the photos the
-head will fit on (`snakeid.train.adapt`); from then on they are frozen like the others.
+First, if `adapt.backbones` names any, those trunks are fine-tuned end to end on the train photos
+(`snakeid.train.adapt`); from then on they are frozen like the others. The val photos stay unseen
+by them, and then only the val photos calibrate (see `snakeid.train.Holdout`).
 The frozen backbone(s) run once per training photo and view, up to where `finetune` will
 unfreeze blocks (pooled features when it trains none); those features are saved (`--features`)
 and both stages train on them. The head is a linear probe (default) or trained by AdamW.
@@ -74,9 +75,9 @@ def main() -> None:
     sizes = trunk_sizes(backbones, base.image_size)
     model = build_model(backbones, len(setup.species), model_cfg, sizes=sizes)
     adapted = None
-    if adapt.backbones:  # on the photos the head fits on: train, and val when it refits
+    if adapt.backbones:  # on the train photos only: no calibration may read a photo a
+        # trunk trained on, so the val photos stay unseen by it even when the probe refits
         rows = read_manifest(args.split / "train.csv")
-        rows += read_manifest(args.split / "val.csv") if cfg.refit else []
         adapted = adapt_trunks(model, rows, setup.species, adapt, data=setup.data,
                                seed=base.seed, device=resolve_device(base.device))  # fmt: skip
     caches = cache_features(
@@ -92,7 +93,8 @@ def main() -> None:
     )
     log = EpochLog(args.live, "train_head")
     if cfg.method == "probe":
-        metrics, holdout = train_probe(model, caches, cfg, balanced=balanced, seed=base.seed)
+        metrics, holdout = train_probe(model, caches, cfg, balanced=balanced, seed=base.seed,
+                                       trunk_saw_train=bool(adapt.backbones))  # fmt: skip
         log.epoch({"epoch": 1} | metrics)  # one fit: one step
     else:
         fit = fit_spec(cfg, setup, epochs=cfg.epochs, lr=cfg.lr, seed=base.seed)

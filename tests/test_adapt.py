@@ -1,5 +1,6 @@
 """`adapt`: a trunk fine-tuned end to end before its features are cached."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ from snakeid.data import DataConfig
 from snakeid.errors import UserError
 from snakeid.manifest import read_manifest
 from snakeid.models import ModelConfig, build_model
-from snakeid.train import AdaptConfig, cache_features, load_caches
+from snakeid.train import AdaptConfig, TrainHeadConfig, cache_features, load_caches, train_probe
 from snakeid.train.adapt import adapt_trunks, check_adapt
 from training_data import SPECIES, make_split
 
@@ -82,3 +83,33 @@ def test_features_of_adapted_trunks_are_refused_for_other_settings(split_dir, tm
         with pytest.raises(UserError, match="adapt"):
             load_caches(tmp_path, split_dir=split_dir, base=base, data=DATA, cut=model.depth,
                         adapt=other)  # fmt: skip
+
+
+def test_an_adapted_trunks_photos_never_calibrate(split_dir, tmp_path):
+    """With a trunk adapted on the train photos (as train_head adapts), the refitted probe's
+    holdout, from which finetune fits the temperature, the venomous threshold and the unknown
+    score, holds only val photos' out-of-fold logits; without adaptation, every train+val
+    photo's."""
+    model, _ = _adapted(split_dir, AdaptConfig(backbones=("efficientnet_lite0",), epochs=1))
+    base = BaseConfig(image_size=64, device="cpu", seed=3, backbone=BACKBONES)
+    caches = cache_features(model, model.depth, tmp_path, split_dir=split_dir, species=SPECIES,
+                            base=base, data=DATA, adapt=to_dict(LITE0))  # fmt: skip
+    train, val = (read_manifest(split_dir / f"{s}.csv") for s in ("train", "val"))
+    every = [r["photo_id"] for r in train + val]
+    held = {}
+    for saw in (True, False):
+        _, holdout = train_probe(model, caches, TrainHeadConfig(), balanced=False, seed=3,
+                                 trunk_saw_train=saw)  # fmt: skip
+        held[saw] = holdout
+        scored = [every[i] for i in holdout.state()["rows"].tolist()]
+        assert len(scored) == len(holdout.labels) == len(holdout.logits)
+        expected = val if saw else train + val
+        assert scored == [r["photo_id"] for r in expected]
+        names = [sp.name for sp in SPECIES]
+        assert holdout.labels.tolist() == [names.index(r["taxon"]) for r in expected]
+    assert held[True].source == "out-of-fold val"
+    assert not {every[i] for i in held[True].rows} & {r["photo_id"] for r in train}
+    # the same out-of-fold logits (same folds), only the train photos' left out
+    n = len(train)
+    np.testing.assert_array_equal(held[True].logits, held[False].logits[n:])
+    np.testing.assert_array_equal(held[True].folds, held[False].folds)

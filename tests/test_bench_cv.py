@@ -19,6 +19,7 @@ def test_fast_cross_validation_writes_the_table(tmp_path: Path) -> None:
         "lite0+lite1+lite2/probe_views",
         "lite0/sgd_head",
         "lite0/previous_default",
+        "lite0+lite1+lite2/probe_views_adapt_lite0",
     ]
     p = subprocess.run(
         [sys.executable, "bench/cv.py", "--fast", "--out", str(out),
@@ -36,8 +37,13 @@ def test_fast_cross_validation_writes_the_table(tmp_path: Path) -> None:
             assert 0.0 <= fold["macro_f1"] <= 1.0 and fold["seconds"] > 0, name
             assert 0.0 <= fold["venomous_as_harmless"] <= 1.0, name
         assert set(rec["mean"]) == set(rec["sd"]) == set(rec["folds"][0])
+    # the adapted recipe: Lite0 trained per fold (on the photos outside its calibration fold)
+    adapt = result["meta"]["adapt"]["lite0+lite1+lite2/probe_views_adapt_lite0"]
+    assert adapt["backbones"] == ["efficientnet_lite0"] and adapt["epochs"] == 1
+    assert len(list((tmp_path / "work/fast/adapted").glob("*-efficientnet_lite0.npy"))) == 3
     md = out.with_suffix(".md").read_text()
     assert "| backbone | recipe | macro-F1 |" in md and md.count("\n| lite0 | probe |") == 1
+    assert "only that fold's out-of-fold logits fit" in md
     # nothing of the photos themselves leaves the work dir
     assert not any(k in json.dumps(result) for k in ("photo_id", "obs:", "photo:"))
 

@@ -179,10 +179,12 @@ def test_exp_run_reruns_from_the_changed_stage(project):
 @pytest.mark.slow
 def test_adapting_a_backbone_ships_its_adapted_weights(project, tmp_path):
     """`dvc exp run -S adapt.backbones=[...]`: train_head fine-tunes that trunk before caching
-    features; the final model carries its new weights, the other trunks their ImageNet ones."""
+    features; the final model carries its new weights, the other trunks their ImageNet ones.
+    No calibration reads a photo that trunk trained on."""
     import torch
 
     from snakeid.checkpoint import load_checkpoint
+    from snakeid.manifest import read_manifest
     from snakeid.models import ModelConfig, build_model
 
     again = copy_project(project, tmp_path / "again")
@@ -194,6 +196,12 @@ def test_adapting_a_backbone_ships_its_adapted_weights(project, tmp_path):
     assert diff["adapt.backbones"] == {"old": "[]", "new": "['efficientnet_lite0']"}, diff
     history = json.loads((again / "reports/train_head.json").read_text())["adapt"]
     assert [r["epoch"] for r in history["efficientnet_lite0"]["history"]] == [1], history
+    # the trunk adapted on the train photos alone; every calibration read only val photos
+    n_train, n_val = (len(read_manifest(again / f"data/split/{s}.csv")) for s in ("train", "val"))
+    assert history["efficientnet_lite0"]["photos"] == n_train
+    calibrated = json.loads((again / "reports/finetune.json").read_text())
+    assert calibrated["calibrated_on"] == "out-of-fold val"
+    assert calibrated["unknown_score"]["held_photos"] == n_val
     meta = json.loads((again / "models/model_meta.json").read_text())
     assert {t["backbone"]: t["adapted"] for t in meta["trunks"]} == {
         "efficientnet_lite0": True, "efficientnet_lite1": False, "efficientnet_lite2": False,

@@ -19,7 +19,7 @@ from snakeid.taxa import Species
 
 FORMAT = "snakeid-checkpoint/4"  # 2: several backbones, trunk sizes; 3: unknown-species score;
 # 4: tta_flip
-HOLDOUT_KEYS = {"logits", "labels", "source", "folds"}
+HOLDOUT_KEYS = {"logits", "labels", "source", "folds", "rows"}
 OPENSET_KEYS = {"score", "threshold", "known_pass_rate", "arrays", "fit"}
 CALIBRATION_KEYS = {"temperature", "venomous_threshold"}
 
@@ -42,9 +42,10 @@ class Checkpoint:
     # temperature and venomous threshold (fitted by finetune; 1.0 / 0.5 for the head) plus
     # whatever the fit reports
     calibration: dict[str, Any]
-    # logits (N, C), labels (N,), source and out-of-fold folds (N,) or None of photos the
-    # weights were not fitted on, from which finetune fits the calibration and the unknown-species
-    # score (`snakeid.train.Holdout`); None once calibrated
+    # logits (N, C), labels (N,), source, and out of fold the folds of train+val and the N
+    # photos' rows among them (else None), of photos no weight was fitted on, from which finetune
+    # fits the calibration and the unknown-species score (`snakeid.train.Holdout`); None once
+    # calibrated
     holdout: dict[str, Any] | None
     # the fitted unknown-species score (`snakeid.openset.UnknownScore.state`): set by finetune
     openset: dict[str, Any] | None

@@ -21,21 +21,29 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class Holdout:
-    """Logits of photos the model did not train on, for calibration: the val photos, or with a
-    refit, every train+val photo predicted by a probe fitted without its observation's fold."""
+    """Logits of photos no part of the model trained on, for calibration: the val photos, or
+    with a refit, train+val photos each predicted by a probe fitted without its observation's
+    fold. A trunk adapted on the train photos (`adapt.backbones`) has seen them, so then only
+    the val photos' out-of-fold logits calibrate (`rows`)."""
 
     logits: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,)
-    source: str  # "val" | "out-of-fold train+val"
-    folds: np.ndarray | None = None  # out-of-fold: each photo's fold (train rows, then val)
+    source: str  # "val" | "out-of-fold train+val" | "out-of-fold val"
+    folds: np.ndarray | None = None  # out-of-fold: each train+val photo's fold (train, then val)
+    rows: np.ndarray | None = None  # out-of-fold: the N photos' indices among train+val
 
     def state(self) -> dict[str, Any]:
         """As the checkpoint stores it."""
+
+        def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a).long()
+
         return {
             "logits": torch.from_numpy(self.logits).float(),
             "labels": torch.from_numpy(self.labels).long(),
             "source": self.source,
-            "folds": None if self.folds is None else torch.from_numpy(self.folds).long(),
+            "folds": tensor(self.folds),
+            "rows": tensor(self.rows),
         }
 
 
@@ -44,10 +52,17 @@ def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_probe(
-    model: SnakeNet, caches: Caches, cfg: TrainHeadConfig, *, balanced: bool, seed: int
+    model: SnakeNet,
+    caches: Caches,
+    cfg: TrainHeadConfig,
+    *,
+    balanced: bool,
+    seed: int,
+    trunk_saw_train: bool = False,
 ) -> tuple[dict[str, Any], Holdout]:
     """Fit the head as a linear probe on the pooled features (all cached views); load it into
-    `model.classifier`. Returns its metrics and the holdout logits for calibration.
+    `model.classifier`. Returns its metrics and the holdout logits for calibration: with
+    `trunk_saw_train` (a trunk adapted on the train photos) never a train photo's.
 
     A cache taken before the last blocks (for finetune) is pooled through them first."""
     middle = model.frozen_between(caches.cut, 0)
@@ -55,7 +70,8 @@ def train_probe(
         pooled = [c if middle is None else c.mapped(middle, tmp, c.path.stem, "cpu")
                   for c in (caches.train, caches.val)]  # fmt: skip
         train, val = (np.array(c.array) for c in pooled)  # (V, N, D), in memory
-    return _fit_probe_head(model, caches, cfg, train, val, balanced=balanced, seed=seed)
+    return _fit_probe_head(model, caches, cfg, train, val, balanced=balanced, seed=seed,
+                           trunk_saw_train=trunk_saw_train)  # fmt: skip
 
 
 def _fit_probe_head(
@@ -67,6 +83,7 @@ def _fit_probe_head(
     *,
     balanced: bool,
     seed: int,
+    trunk_saw_train: bool,
 ) -> tuple[dict[str, Any], Holdout]:
     n_classes = model.classifier.out_features
     yt, yv = caches.train_labels, caches.val_labels
@@ -78,7 +95,9 @@ def _fit_probe_head(
         # the unknown-species score is fitted on these folds too (finetune)
         folds = grouped_folds(y, caches.train_groups + caches.val_groups, cfg.refit_folds, seed)
         oof = out_of_fold_logits(every, y, folds, n_classes, **common)
-        holdout = Holdout(oof, y, "out-of-fold train+val", folds)
+        rows = np.arange(len(yt) if trunk_saw_train else 0, len(y))
+        source = "out-of-fold val" if trunk_saw_train else "out-of-fold train+val"
+        holdout = Holdout(oof[rows], y[rows], source, folds, rows)
         val_logits = oof[len(yt) :]
         probe = fit_probe(stack_views(every), np.tile(y, len(every)), n_classes, **common)
     else:
@@ -101,7 +120,7 @@ def _fit_probe_head(
         "n_val": len(yv),
         "views": len(train),
     }
-    if cfg.refit:
+    if cfg.refit:  # on the photos that calibrate: the honest estimate
         all_pred = holdout.logits.argmax(1)
         metrics["oof_macro_f1"] = macro_f1(holdout.labels, all_pred, np.unique(holdout.labels))
     _logger.info(
