@@ -237,6 +237,11 @@ def _cache(array: np.ndarray, directory: Path, name: str) -> FeatureCache:
 # Scoring
 
 
+# The venomous rule as a Bayes decision instead: "possibly venomous" when P(venomous) (calibrated)
+# reaches 1 / (1 + k), k = what missing a venomous snake costs against a needless warning
+COST_RATIOS = (19, 32, 49, 99)
+
+
 def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any]) -> dict:
     y = task.y[test]
     pred = logits.argmax(1)
@@ -245,6 +250,11 @@ def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any])
     is_v = venomous[y]
     pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
     rule = venomous_rule_report(pv, is_v, cal["venomous_threshold"])
+    bayes = {}
+    for k in COST_RATIOS:
+        at_k = venomous_rule_report(pv, is_v, 1 / (1 + k))
+        bayes[f"cost{k}_missed"] = at_k["venomous_missed_rate"]
+        bayes[f"cost{k}_flagged_harmless"] = at_k["harmless_flagged_rate"]
     return {
         "macro_f1": macro_f1(y, pred, labels),
         "balanced_accuracy": balanced_accuracy(y, pred, labels),
@@ -252,7 +262,7 @@ def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any])
         "venomous_as_harmless": float((is_v & ~venomous[pred]).sum() / max(is_v.sum(), 1)),
         "rule_missed": rule["venomous_missed_rate"],
         "rule_flagged_harmless": rule["harmless_flagged_rate"],
-    }
+    } | bayes
 
 
 def cross_validate(task: Task, folds: np.ndarray, recipe: Recipe, name: str) -> dict[str, Any]:
@@ -425,6 +435,15 @@ def _ms(stats: dict[str, Any], key: str, pct: bool = False) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f} %" if pct else f"{m:.3f} ± {s:.3f}"
 
 
+def _rule_cell(r: dict[str, Any], prefix: str) -> str:
+    """Venomous missed / harmless passed, mean ± sd in %."""
+    missed, flagged = r["mean"][f"{prefix}_missed"], r["mean"][f"{prefix}_flagged_harmless"]
+    sd_m, sd_f = r["sd"][f"{prefix}_missed"], r["sd"][f"{prefix}_flagged_harmless"]
+    if None in (missed, flagged, sd_m, sd_f):  # folds without venomous (or harmless) photos
+        return "—"
+    return f"{100 * missed:.1f} ± {100 * sd_m:.1f} / {100 * (1 - flagged):.1f} ± {100 * sd_f:.1f} %"
+
+
 def _without_only(argv: list[str]) -> list[str]:
     out, skipping = [], False
     for a in argv:
@@ -465,6 +484,19 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_ms(r, 'venomous_as_harmless', True)} | {_ms(r, 'rule_missed', True)} "
             f"| {_ms(r, 'rule_flagged_harmless', True)} | {r['mean']['seconds']:.0f} |"
         )
+    costed = {n: r for n, r in result["recipes"].items() if "cost19_missed" in r["mean"]}
+    if costed:
+        lines += ["", (
+            "The venomous rule two ways, on the test folds: fitted to miss none of the "
+            "calibration photos' venomous ones (`finetune.venomous_miss_target: 0`), and as a "
+            "Bayes decision with a stated cost ratio k (warn at calibrated P(venomous) ≥ "
+            "1 / (1 + k)). Venomous photos missed / harmless photos passed with no warning:"
+        ), "", "| recipe | miss target 0 | " + " | ".join(
+            f"k = {k} (P ≥ {1 / (1 + k):.3f})" for k in COST_RATIOS) + " |",
+            "|---|---|" + "---|" * len(COST_RATIOS)]  # fmt: skip
+        for name, r in costed.items():
+            cells = [_rule_cell(r, "rule")] + [_rule_cell(r, f"cost{k}") for k in COST_RATIOS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, a in meta.get("adapt", {}).items():
         lines += ["", (
             f"`{name}`: as `adapt.backbones: {a['backbones']}` runs in the pipeline. Per fold, "
@@ -472,7 +504,8 @@ def markdown(result: dict[str, Any]) -> str:
             "photos outside one inner grouped fold, which plays train_head's val photos: the "
             "probe refits on every training photo, and only that fold's out-of-fold logits fit "
             "the temperature and the venomous threshold (never a photo the trunk trained on). "
-            "Its seconds per fold include the adaptation and the adapted trunk's feature pass."
+            "Its seconds per fold include the adaptation and the adapted trunk's feature pass "
+            "only where they ran: a rerun reads them back from `--work`."
         )]  # fmt: skip
     lines += ["", "Feature passes (once, shared by every recipe and fold): " + ", ".join(
         f"{k} {v:.0f} s" for k, v in meta["feature_seconds"].items())]  # fmt: skip

@@ -44,6 +44,7 @@ def test_fast_cross_validation_writes_the_table(tmp_path: Path) -> None:
     md = out.with_suffix(".md").read_text()
     assert "| backbone | recipe | macro-F1 |" in md and md.count("\n| lite0 | probe |") == 1
     assert "only that fold's out-of-fold logits fit" in md
+    assert "| recipe | miss target 0 | k = 19 (P ≥ 0.050) |" in md  # the Bayes rule beside it
     # nothing of the photos themselves leaves the work dir
     assert not any(k in json.dumps(result) for k in ("photo_id", "obs:", "photo:"))
 
