@@ -32,6 +32,10 @@ ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # its out-of-fold values calibrate (1 of 5 folds: 17 % of the training photos, as val is
 # 15 / 85 of the pipeline's train + val)
 CALIBRATION_FOLD = 0
+# The venomous rule as a Bayes decision, measured beside the pipeline's miss target (cv.py,
+# openset.py): "possibly venomous" at calibrated P(venomous) >= 1 / (1 + k), k = what missing
+# a venomous snake costs against a needless warning
+COST_RATIOS = (19, 32, 49, 99)
 
 
 # ---------------------------------------------------------------------------------------------

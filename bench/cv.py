@@ -49,7 +49,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from _realdata import CALIBRATION_FOLD, ENSEMBLE, adapted, clean_rows, features  # noqa: E402
+from _realdata import (  # noqa: E402
+    CALIBRATION_FOLD,
+    COST_RATIOS,
+    ENSEMBLE,
+    adapted,
+    clean_rows,
+    features,
+)
 from snakeid import verify  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     calibrate_on_val,
@@ -235,11 +242,6 @@ def _cache(array: np.ndarray, directory: Path, name: str) -> FeatureCache:
 
 # ---------------------------------------------------------------------------------------------
 # Scoring
-
-
-# The venomous rule as a Bayes decision instead: "possibly venomous" when P(venomous) (calibrated)
-# reaches 1 / (1 + k), k = what missing a venomous snake costs against a needless warning
-COST_RATIOS = (19, 32, 49, 99)
 
 
 def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any]) -> dict:

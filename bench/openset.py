@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import _realdata  # noqa: E402  (the verified rows and the feature pass, as cv.py)
-from _realdata import CALIBRATION_FOLD  # noqa: E402
+from _realdata import CALIBRATION_FOLD, COST_RATIOS  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     calibrate_on_val,
     flagged_unknown,
@@ -118,6 +118,11 @@ NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_har
 # (each row refitted on the training folds as finetune fits it)
 TRADE_OFF_PASS_RATES = (0.95, 0.90, 0.80)
 TRADE_OFF_MISS_TARGETS = (0.02, 0.01, 0.005, 0.0)
+# the venomous rule's two kinds: (params name, value); a cost ratio k warns at calibrated
+# P(venomous) >= 1 / (1 + k) (a Bayes decision; not yet the pipeline's, see bench/cv.md)
+TRADE_OFF_RULES = tuple(("venomous_miss_target", m) for m in TRADE_OFF_MISS_TARGETS) + tuple(
+    ("venomous_cost_ratio", k) for k in COST_RATIOS
+)
 FEATURE_SEED = 42  # the augmented views' seeds (every trunk's views are the same crops)
 
 
@@ -376,11 +381,14 @@ def evaluate_fold(
     result[DEPLOYED] = decisions.report(*fitted[s.pass_rate])
     result[DEPLOYED_VIEW0] = decisions.report(*deployed(views[:1], s.pass_rate))
     trade_off = {}
-    for m in TRADE_OFF_MISS_TARGETS:
-        # the temperature does not depend on the miss target
-        at_m = decisions if m == s.miss_target else decisions_at(m)[0]
+    for rule, value in TRADE_OFF_RULES:
+        # the temperature does not depend on the venomous rule
+        if rule == "venomous_cost_ratio":
+            at_rule = replace(decisions, venomous_threshold=1 / (1 + value))
+        else:
+            at_rule = decisions if value == s.miss_target else decisions_at(value)[0]
         for p in TRADE_OFF_PASS_RATES:
-            trade_off[trade_off_key(p, m)] = at_m.report(*fitted[p])
+            trade_off[trade_off_key(p, rule, value)] = at_rule.report(*fitted[p])
     # the classifier itself on the known test photos (its classes present there)
     pred, truth = logits[: len(test)].argmax(1), y_known[test]
     classifier = {
@@ -390,8 +398,8 @@ def evaluate_fold(
     return result | {"none": decisions.without_openset() | classifier}, trade_off
 
 
-def trade_off_key(pass_rate: float, miss_target: float) -> str:
-    return f"known_pass_rate={pass_rate:g} venomous_miss_target={miss_target:g}"
+def trade_off_key(pass_rate: float, rule: str, value: float) -> str:
+    return f"known_pass_rate={pass_rate:g} {rule}={value:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,9 +565,9 @@ def main() -> None:
         "candidates": candidates,
         "recommended": recommend(candidates),
         "deployed_trade_off": {
-            trade_off_key(p, m): {"known_pass_rate": p, "venomous_miss_target": m}
-            | trade_off[trade_off_key(p, m)]
-            for m in TRADE_OFF_MISS_TARGETS
+            trade_off_key(p, rule, v): {"known_pass_rate": p, rule: v}
+            | trade_off[trade_off_key(p, rule, v)]
+            for rule, v in TRADE_OFF_RULES
             for p in TRADE_OFF_PASS_RATES
         },
     }
@@ -585,19 +593,25 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
         f"The `{DEPLOYED}` score's safety trade-off: each row refits the unknown threshold "
         "(`finetune.known_pass_rate`) and the venomous rule (`finetune.venomous_miss_target`) "
         "on the training folds as `finetune` does, so `dvc exp run -S "
-        "finetune.venomous_miss_target=...` picks a row (the default in bold). Mean over "
-        "rotations; the lowest rotation's caught share in brackets.",
+        "finetune.venomous_miss_target=...` picks a row (the default in bold). The cost-ratio "
+        "rows are the rule as a Bayes decision instead (warn at calibrated P(venomous) ≥ "
+        "1 / (1 + k); measured, not a pipeline setting yet). Mean over rotations; the lowest "
+        "rotation's caught share in brackets.",
         "",
-        "| venomous_miss_target | known_pass_rate | known flagged | caught | alerted | dangerous |",
+        "| venomous rule | known_pass_rate | known flagged | caught | alerted | dangerous |",
         "|---|---|---|---|---|---|",
     ]
     for c in trade_off.values():
-        miss, pass_rate = c["venomous_miss_target"], c["known_pass_rate"]
-        default = (pass_rate, miss) == (meta["pass_rate"], meta["venomous_miss_target"])
+        pass_rate = c["known_pass_rate"]
+        rule, value = next((r, c[r]) for r, _ in TRADE_OFF_RULES if r in c)
+        default = (pass_rate, rule, value) == (
+            meta["pass_rate"], "venomous_miss_target", meta["venomous_miss_target"]
+        )  # fmt: skip
         mean = c["mean"]
         lowest = min(c["per_rotation"]["unknown_venomous_caught_rate"])
+        label = rule.removeprefix("venomous_").replace("_", " ")
         row = (
-            f"{miss:g} | {pass_rate:g} | {100 * mean['known_flagged_rate']:.1f} % "
+            f"{label} {value:g} | {pass_rate:g} | {100 * mean['known_flagged_rate']:.1f} % "
             f"| {100 * mean['unknown_venomous_caught_rate']:.1f} % ({100 * lowest:.0f} %) "
             f"| {100 * mean['known_harmless_alerted_rate']:.1f} % "
             f"| {100 * mean['dangerous_rate']:.1f} %"

@@ -191,23 +191,27 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     assert 0 <= classifier["known_macro_f1"] <= 1 and 0 <= classifier["known_accuracy"] <= 1
     md = out.with_suffix(".md").read_text()
     assert "| score |" in md and "msp" in md and "The probe on the known species" in md
-    # the trade-off grid: its default setting is the deployed row; a lower miss target or pass
-    # rate fires the same rules at lower (refitted) thresholds, so it never alerts less
-    grid = {
-        (c["known_pass_rate"], c["venomous_miss_target"]): c["mean"]
-        for c in result["deployed_trade_off"].values()
-    }
-    assert len(grid) == len(result["deployed_trade_off"]) > 1
+    # the trade-off grid: its default setting is the deployed row; a lower miss target, a higher
+    # cost ratio or a lower pass rate fires the same rules at lower thresholds (refitted, or
+    # 1 / (1 + k)), so it never alerts less
+    rows = list(result["deployed_trade_off"].values())
+    by_miss = {(c["known_pass_rate"], c["venomous_miss_target"]): c["mean"]
+               for c in rows if "venomous_miss_target" in c}  # fmt: skip
+    by_cost = {(c["known_pass_rate"], -c["venomous_cost_ratio"]): c["mean"]
+               for c in rows if "venomous_cost_ratio" in c}  # fmt: skip
+    assert len(by_miss) > 1 and len(by_cost) > 1
+    assert len(by_miss) + len(by_cost) == len(rows)
     meta = result["meta"]
-    default = grid[(meta["pass_rate"], meta["venomous_miss_target"])]
+    default = by_miss[(meta["pass_rate"], meta["venomous_miss_target"])]
     assert default == pytest.approx(result["candidates"]["deployed"]["mean"])
-    for (pass_rate, miss), m in grid.items():
-        for (other_pass, other_miss), o in grid.items():
-            if other_pass <= pass_rate and other_miss <= miss:
-                for rate in ("known_flagged_rate", "unknown_venomous_caught_rate",
-                             "known_harmless_alerted_rate"):  # fmt: skip
-                    assert o[rate] >= m[rate] - 1e-12, (rate, pass_rate, miss, other_pass)
-    assert "| venomous_miss_target | known_pass_rate |" in md
+    for grid in (by_miss, by_cost):
+        for (pass_rate, rule), m in grid.items():
+            for (other_pass, other_rule), o in grid.items():
+                if other_pass <= pass_rate and other_rule <= rule:
+                    for rate in ("known_flagged_rate", "unknown_venomous_caught_rate",
+                                 "known_harmless_alerted_rate"):  # fmt: skip
+                        assert o[rate] >= m[rate] - 1e-12, (rate, pass_rate, rule, other_pass)
+    assert "| venomous rule | known_pass_rate |" in md and "| cost ratio 32 | 0.95 |" in md
 
 
 def _photo_folder(root: Path, species: int = 6, per_species: int = 10) -> Path:
