@@ -32,10 +32,24 @@ ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # its out-of-fold values calibrate (1 of 5 folds: 17 % of the training photos, as val is
 # 15 / 85 of the pipeline's train + val)
 CALIBRATION_FOLD = 0
-# The venomous rule as a Bayes decision, measured beside the pipeline's miss target (cv.py,
-# openset.py): "possibly venomous" at calibrated P(venomous) >= 1 / (1 + k), k = what missing
-# a venomous snake costs against a needless warning
+# The venomous rule as a Bayes decision (`finetune.venomous_cost_ratio`): "possibly venomous" at
+# calibrated P(venomous) >= 1 / (1 + k); the ratios cv.py and openset.py measure
 COST_RATIOS = (19, 32, 49, 99)
+# The rule it replaced, measured beside it: the threshold that misses at most this share of the
+# calibration photos' venomous ones (0: the hardest one sets it)
+MISS_TARGET_BASELINE = 0.0
+
+
+def miss_target_threshold(
+    p_venomous: np.ndarray, is_venomous: np.ndarray, miss_target: float, cap: float = 0.5
+) -> float:
+    """Largest threshold t ≤ `cap` with at most `miss_target` of the venomous photos below t
+    (the pipeline's venomous rule before `venomous_cost_ratio`)."""
+    pv = np.sort(p_venomous[np.asarray(is_venomous, dtype=bool)])
+    if len(pv) == 0:
+        return cap
+    allowed = int(np.floor(miss_target * len(pv)))  # venomous photos the rule may miss
+    return float(min(cap, pv[allowed] if allowed < len(pv) else cap))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,9 +53,11 @@ from _realdata import (  # noqa: E402
     CALIBRATION_FOLD,
     COST_RATIOS,
     ENSEMBLE,
+    MISS_TARGET_BASELINE,
     adapted,
     clean_rows,
     features,
+    miss_target_threshold,
 )
 from snakeid import verify  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
@@ -101,7 +103,7 @@ class Task:
     groups: list[str]
     species: list[Species]
     seed: int
-    miss_target: float
+    cost_ratio: float  # the pipeline's venomous rule (finetune.venomous_cost_ratio)
     inner_folds: int
 
     @property
@@ -109,9 +111,14 @@ class Task:
         return len(self.species)
 
     def calibrate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        return calibrate_on_val(
-            logits, labels, self.species, temperature_scaling=True, miss_target=self.miss_target
+        """The pipeline's calibration, plus the miss-target rule's threshold on the same photos."""
+        cal = calibrate_on_val(
+            logits, labels, self.species, temperature_scaling=True, cost_ratio=self.cost_ratio
         )
+        venomous = np.array([s.venomous for s in self.species])
+        pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
+        baseline = miss_target_threshold(pv, venomous[labels], MISS_TARGET_BASELINE)
+        return cal | {"miss_target_threshold": baseline}
 
 
 Recipe = Callable[[Task, np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, Any]]]
@@ -251,7 +258,7 @@ def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any])
     venomous = np.array([s.venomous for s in task.species])
     is_v = venomous[y]
     pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
-    rule = venomous_rule_report(pv, is_v, cal["venomous_threshold"])
+    rule = venomous_rule_report(pv, is_v, cal["miss_target_threshold"])
     bayes = {}
     for k in COST_RATIOS:
         at_k = venomous_rule_report(pv, is_v, 1 / (1 + k))
@@ -348,7 +355,7 @@ def main() -> None:
         groups=[observation_key(r) for r in rows],
         species=species,
         seed=args.seed,
-        miss_target=section(params, "finetune", FinetuneConfig).venomous_miss_target,
+        cost_ratio=section(params, "finetune", FinetuneConfig).venomous_cost_ratio,
         inner_folds=args.folds,
     )
     folds = grouped_folds(task.y, task.groups, args.folds, args.seed)
@@ -362,7 +369,7 @@ def main() -> None:
         "folds": args.folds,
         "views": data.views,
         "seed": args.seed,
-        "venomous_miss_target": task.miss_target,
+        "venomous_miss_target": MISS_TARGET_BASELINE,  # the "rule" columns
     }
     before = {k: previous.get(k) for k in settings}
     if result.get("recipes") and before != settings:
@@ -374,6 +381,7 @@ def main() -> None:
         "command": " ".join(["python", "bench/cv.py", *_without_only(sys.argv[1:])]),
         "feature_seconds": previous.get("feature_seconds", {}),
         "adapt": previous.get("adapt", {}),  # the adapted recipes' settings
+        "venomous_cost_ratio": task.cost_ratio,  # the pipeline's rule, among the cost columns
     }
     result.setdefault("recipes", {})
     names = [n for n in plan(args) if n not in result["recipes"]]
@@ -471,8 +479,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Grouped {meta['folds']}-fold cross-validation over {meta['photos']} photos of "
         f"{meta['species']} species, {meta['views']} cached views (view 0 = eval transform), "
-        f"seed {meta['seed']}, the venomous rule fitted at `venomous_miss_target` "
-        f"{meta['venomous_miss_target']:g}: `{meta['command']}`",
+        f"seed {meta['seed']}; the *rule* columns: the venomous rule fitted to miss at most "
+        f"{meta['venomous_miss_target']:g} of the calibration photos' venomous ones (the "
+        f"pipeline's rule before `venomous_cost_ratio`): `{meta['command']}`",
         "",
         "| backbone | recipe | macro-F1 | balanced acc. | venomous → harmless "
         "| rule misses venomous | rule flags harmless | s / fold |",
@@ -490,11 +499,14 @@ def markdown(result: dict[str, Any]) -> str:
     if costed:
         lines += ["", (
             "The venomous rule two ways, on the test folds: fitted to miss none of the "
-            "calibration photos' venomous ones (`finetune.venomous_miss_target: 0`), and as a "
-            "Bayes decision with a stated cost ratio k (warn at calibrated P(venomous) ≥ "
-            "1 / (1 + k)). Venomous photos missed / harmless photos passed with no warning:"
+            "calibration photos' venomous ones (the rule before), and as a Bayes decision with "
+            "a stated cost ratio k (warn at calibrated P(venomous) ≥ 1 / (1 + k); the "
+            f"pipeline's `finetune.venomous_cost_ratio`, {meta['venomous_cost_ratio']:g}, in "
+            "bold). "
+            "Venomous photos missed / harmless photos passed with no warning:"
         ), "", "| recipe | miss target 0 | " + " | ".join(
-            f"k = {k} (P ≥ {1 / (1 + k):.3f})" for k in COST_RATIOS) + " |",
+            (f"**k = {k}** (P ≥ {1 / (1 + k):.3f})" if k == meta["venomous_cost_ratio"]
+             else f"k = {k} (P ≥ {1 / (1 + k):.3f})") for k in COST_RATIOS) + " |",
             "|---|---|" + "---|" * len(COST_RATIOS)]  # fmt: skip
         for name, r in costed.items():
             cells = [_rule_cell(r, "rule")] + [_rule_cell(r, f"cost{k}") for k in COST_RATIOS]

@@ -34,7 +34,8 @@ Protocol:
   adapted trunk trained on. Cached per fold under `--work`, so an interrupted run resumes.
   `--outer-folds K` evaluates only the first K outer folds of each rotation (a partial run).
 * The deployed score's safety trade-off: the same rates with the unknown threshold and the
-  venomous rule refitted for each (`known_pass_rate`, `venomous_miss_target`) of a small grid.
+  venomous rule set for each (`known_pass_rate`, venomous rule) of a small grid: the
+  pipeline's cost ratios (`venomous_cost_ratio`), and the miss targets of the rule before.
 
 Probe outputs (per-photo logits) are cached under `--work` (/tmp), never in the repository;
 the JSON and markdown hold aggregate numbers only.
@@ -61,8 +62,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import _realdata  # noqa: E402  (the verified rows and the feature pass, as cv.py)
-from _realdata import CALIBRATION_FOLD, COST_RATIOS  # noqa: E402
+from _realdata import (  # noqa: E402
+    CALIBRATION_FOLD,
+    COST_RATIOS,
+    miss_target_threshold,
+)
 from snakeid.calibration import (  # noqa: E402
+    bayes_threshold,
     calibrate_on_val,
     flagged_unknown,
     possibly_venomous,
@@ -114,14 +120,14 @@ DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline expor
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
 # what the venomous rule alone gives (nothing flagged unknown)
 NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_harmless_alerted_rate")
-# the deployed score's safety trade-off: finetune.known_pass_rate x finetune.venomous_miss_target
-# (each row refitted on the training folds as finetune fits it)
+# the deployed score's safety trade-off: finetune.known_pass_rate x the venomous rule (each row
+# refitted on the training folds as finetune fits it)
 TRADE_OFF_PASS_RATES = (0.95, 0.90, 0.80)
 TRADE_OFF_MISS_TARGETS = (0.02, 0.01, 0.005, 0.0)
-# the venomous rule's two kinds: (params name, value); a cost ratio k warns at calibrated
-# P(venomous) >= 1 / (1 + k) (a Bayes decision; not yet the pipeline's, see bench/cv.md)
-TRADE_OFF_RULES = tuple(("venomous_miss_target", m) for m in TRADE_OFF_MISS_TARGETS) + tuple(
-    ("venomous_cost_ratio", k) for k in COST_RATIOS
+# the venomous rule's two kinds, (name, value): the pipeline's cost ratio k (warn at calibrated
+# P(venomous) >= 1 / (1 + k)), and the miss target of the rule it replaced
+TRADE_OFF_RULES = tuple(("venomous_cost_ratio", k) for k in COST_RATIOS) + tuple(
+    ("venomous_miss_target", m) for m in TRADE_OFF_MISS_TARGETS
 )
 FEATURE_SEED = 42  # the augmented views' seeds (every trunk's views are the same crops)
 
@@ -238,7 +244,7 @@ class Settings:
     c: float
     seed: int
     pass_rate: float
-    miss_target: float
+    cost_ratio: float  # the pipeline's venomous rule (finetune.venomous_cost_ratio)
 
 
 def probe_outputs(
@@ -343,21 +349,26 @@ def evaluate_fold(
 
     venomous = np.array([sp.venomous for sp in known_species])
 
-    def decisions_at(miss_target: float) -> tuple[Decisions, float]:
-        """The venomous rule fitted for `miss_target`, and the temperature."""
-        fitted = calibrate_on_val(oof[cal], y_known[train][cal], known_species,
-                                  temperature_scaling=True, miss_target=miss_target)  # fmt: skip
-        decisions = Decisions(
-            n_test=len(test),
-            top1_harmless=~venomous[logits.argmax(1)],
-            p_venomous=venomous_probability(softmax(logits, fitted["temperature"]), venomous),
-            venomous_threshold=fitted["venomous_threshold"],
-            known_harmless=~venomous[y_known[test]],
-            unknown_venomous=photos.venomous[photos.y[unknown]],
-        )
-        return decisions, fitted["temperature"]
+    # calibrated as `finetune` calibrates: the temperature, the pipeline's venomous rule
+    fitted = calibrate_on_val(oof[cal], y_known[train][cal], known_species,
+                              temperature_scaling=True, cost_ratio=s.cost_ratio)  # fmt: skip
+    t = fitted["temperature"]
+    decisions = Decisions(
+        n_test=len(test),
+        top1_harmless=~venomous[logits.argmax(1)],
+        p_venomous=venomous_probability(softmax(logits, t), venomous),
+        venomous_threshold=fitted["venomous_threshold"],
+        known_harmless=~venomous[y_known[test]],
+        unknown_venomous=photos.venomous[photos.y[unknown]],
+    )
+    cal_pv = venomous_probability(softmax(oof[cal], t), venomous)
 
-    decisions, t = decisions_at(s.miss_target)
+    def venomous_threshold(rule: str, value: float) -> float:
+        """The trade-off grid's rules: a cost ratio, or the miss target the rule before used."""
+        if rule == "venomous_cost_ratio":
+            return bayes_threshold(value)
+        return miss_target_threshold(cal_pv, venomous[y_known[train][cal]], value)
+
     values = score_values(
         np.asarray(photos.x[0, train], np.float32), y_known[train], inner, oof,
         np.asarray(photos.x[0, evaluated], np.float32), logits, cal,
@@ -382,11 +393,7 @@ def evaluate_fold(
     result[DEPLOYED_VIEW0] = decisions.report(*deployed(views[:1], s.pass_rate))
     trade_off = {}
     for rule, value in TRADE_OFF_RULES:
-        # the temperature does not depend on the venomous rule
-        if rule == "venomous_cost_ratio":
-            at_rule = replace(decisions, venomous_threshold=1 / (1 + value))
-        else:
-            at_rule = decisions if value == s.miss_target else decisions_at(value)[0]
+        at_rule = replace(decisions, venomous_threshold=venomous_threshold(rule, value))
         for p in TRADE_OFF_PASS_RATES:
             trade_off[trade_off_key(p, rule, value)] = at_rule.report(*fitted[p])
     # the classifier itself on the known test photos (its classes present there)
@@ -472,7 +479,7 @@ def main() -> None:
     from snakeid.config import load_params, section
     from snakeid.train import FinetuneConfig
 
-    miss_target = section(load_params(REPO / "params.yaml"), "finetune", FinetuneConfig)
+    finetune = section(load_params(REPO / "params.yaml"), "finetune", FinetuneConfig)
     if args.fast and args.adapt:
         ap.error("--adapt trains trunks on photos: it needs --data, not --fast")
     if args.fast:
@@ -481,7 +488,7 @@ def main() -> None:
     else:
         photos = real_photos(args.data, args.species, args.cv_work, args.views)
     s = Settings(args.folds, args.views, args.c, args.seed, args.pass_rate,
-                 miss_target.venomous_miss_target)  # fmt: skip
+                 finetune.venomous_cost_ratio)  # fmt: skip
     cache = args.work / ("fast" if args.fast else "real")
     adapt = AdaptConfig(backbones=tuple(args.adapt), epochs=args.adapt_epochs)
     if adapt.backbones:  # per-fold features: their own probe outputs
@@ -549,7 +556,7 @@ def main() -> None:
             "views": s.views,
             "probe_c": s.c,
             "pass_rate": s.pass_rate,
-            "venomous_miss_target": s.miss_target,
+            "venomous_cost_ratio": s.cost_ratio,
             "seed": s.seed,
             "fast": args.fast,
             "command": " ".join(["python", "bench/openset.py", *sys.argv[1:]]),
@@ -591,11 +598,11 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
     lines = [
         "",
         f"The `{DEPLOYED}` score's safety trade-off: each row refits the unknown threshold "
-        "(`finetune.known_pass_rate`) and the venomous rule (`finetune.venomous_miss_target`) "
-        "on the training folds as `finetune` does, so `dvc exp run -S "
-        "finetune.venomous_miss_target=...` picks a row (the default in bold). The cost-ratio "
-        "rows are the rule as a Bayes decision instead (warn at calibrated P(venomous) ≥ "
-        "1 / (1 + k); measured, not a pipeline setting yet). Mean over rotations; the lowest "
+        "(`finetune.known_pass_rate`) and sets the venomous rule as `finetune` does: a cost "
+        "ratio k warns at calibrated P(venomous) ≥ 1 / (1 + k), so `dvc exp run -S "
+        "finetune.venomous_cost_ratio=...` picks a row (the default in bold). The miss-target "
+        "rows are the rule before it (the threshold at which at most that share of the "
+        "calibration photos' venomous ones fall below). Mean over rotations; the lowest "
         "rotation's caught share in brackets.",
         "",
         "| venomous rule | known_pass_rate | known flagged | caught | alerted | dangerous |",
@@ -605,7 +612,7 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
         pass_rate = c["known_pass_rate"]
         rule, value = next((r, c[r]) for r, _ in TRADE_OFF_RULES if r in c)
         default = (pass_rate, rule, value) == (
-            meta["pass_rate"], "venomous_miss_target", meta["venomous_miss_target"]
+            meta["pass_rate"], "venomous_cost_ratio", meta["venomous_cost_ratio"]
         )  # fmt: skip
         mean = c["mean"]
         lowest = min(c["per_rotation"]["unknown_venomous_caught_rate"])

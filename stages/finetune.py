@@ -72,7 +72,7 @@ def main() -> None:
         held["labels"].numpy(),
         setup.species,
         temperature_scaling=cfg.temperature_scaling,
-        miss_target=cfg.venomous_miss_target,
+        cost_ratio=cfg.venomous_cost_ratio,
     )
     unknown = _unknown_score(
         model, caches, held, calibration["temperature"], cfg, resolve_device(setup.base.device)

@@ -12,7 +12,7 @@ import pytest
 
 from dvc_project import copy_project, reproduced, run
 
-GRID = [0.05, 0.1]  # finetune.venomous_miss_target: finetune and the stages after it re-run
+GRID = [19, 99]  # finetune.venomous_cost_ratio: finetune and the stages after it re-run
 
 
 def _experiments(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -55,13 +55,13 @@ def project(tmp_path_factory, tmp_path) -> Iterator[Path]:
 def test_queued_grid_finishes_and_exp_show_lists_both_points(project):
     values = ",".join(str(v) for v in GRID)
     queued = run(
-        ["dvc", "exp", "run", "--queue", "-S", f"finetune.venomous_miss_target={values}"], project
+        ["dvc", "exp", "run", "--queue", "-S", f"finetune.venomous_cost_ratio={values}"], project
     )
     assert queued.stdout.count("Queued experiment") == len(GRID), queued.stdout
     run(["dvc", "queue", "start", "-j", "2"], project)
     status = _wait_for_queue(project, timeout_s=900)
     assert status.count("Success") == len(GRID), status
     shown = _experiments(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
-    assert sorted(p["finetune"]["venomous_miss_target"] for p in shown.values()) == GRID, (
+    assert sorted(p["finetune"]["venomous_cost_ratio"] for p in shown.values()) == GRID, (
         shown.keys()
     )

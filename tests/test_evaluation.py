@@ -10,9 +10,9 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from snakeid.calibration import (
+    bayes_threshold,
     calibrate_on_val,
     fit_temperature,
-    fit_venomous_threshold,
     nll,
     softmax,
     tradeoff_point,
@@ -56,22 +56,24 @@ def test_temperature_softens_overconfident_logits_and_lowers_nll():
     )
 
 
-def test_venomous_threshold_misses_at_most_the_target():
-    p = RNG.random(200)
-    is_v = RNG.random(200) < 0.5
-    for target in (0.0, 0.02, 0.1):
-        t = fit_venomous_threshold(p, is_v, target)
-        assert ((p < t) & is_v).sum() / is_v.sum() <= target
-        assert t <= 0.5
+def test_the_venomous_threshold_is_the_bayes_decision_for_the_cost_ratio():
+    """Warn iff the expected cost of silence, P(v) k, reaches that of a warning, 1 - P(v)."""
+    for k in (1.0, 19.0, 49.0):
+        t = bayes_threshold(k)
+        p = np.linspace(0, 1, 1001)
+        assert np.array_equal(p >= t, p * k >= (1 - p) - 1e-12), k
+    assert bayes_threshold(1.0) == 0.5 and bayes_threshold(49.0) == pytest.approx(0.02)
 
 
 def test_calibrate_on_val_reports_before_and_after():
     y, _, logits = _noisy_predictions(classes=len(TAXA))
-    cal = calibrate_on_val(logits, y, TAXA, temperature_scaling=True, miss_target=0.02)
+    cal = calibrate_on_val(logits, y, TAXA, temperature_scaling=True, cost_ratio=19.0)
     assert cal["val_nll_after"] < cal["val_nll_before"]
+    assert cal["venomous_threshold"] == pytest.approx(0.05)  # the threshold never reads val
     pv = venomous_probability(softmax(logits, cal["temperature"]), [s.venomous for s in TAXA])
     is_v = np.array([s.venomous for s in TAXA])[y]
-    assert ((pv < cal["venomous_threshold"]) & is_v).sum() / is_v.sum() <= 0.02
+    missed = ((pv < 0.05) & is_v).sum() / is_v.sum()
+    assert cal["val_venomous_rule"]["venomous_missed_rate"] == pytest.approx(missed)
 
 
 def test_classification_report_matches_scikit_learn():

@@ -191,9 +191,9 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     assert 0 <= classifier["known_macro_f1"] <= 1 and 0 <= classifier["known_accuracy"] <= 1
     md = out.with_suffix(".md").read_text()
     assert "| score |" in md and "msp" in md and "The probe on the known species" in md
-    # the trade-off grid: its default setting is the deployed row; a lower miss target, a higher
-    # cost ratio or a lower pass rate fires the same rules at lower thresholds (refitted, or
-    # 1 / (1 + k)), so it never alerts less
+    # the trade-off grid: its default setting (the pipeline's cost ratio) is the deployed row; a
+    # higher cost ratio, a lower miss target or a lower pass rate fires the same rules at lower
+    # thresholds (1 / (1 + k), or refitted), so it never alerts less
     rows = list(result["deployed_trade_off"].values())
     by_miss = {(c["known_pass_rate"], c["venomous_miss_target"]): c["mean"]
                for c in rows if "venomous_miss_target" in c}  # fmt: skip
@@ -202,7 +202,7 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
     assert len(by_miss) > 1 and len(by_cost) > 1
     assert len(by_miss) + len(by_cost) == len(rows)
     meta = result["meta"]
-    default = by_miss[(meta["pass_rate"], meta["venomous_miss_target"])]
+    default = by_cost[(meta["pass_rate"], -meta["venomous_cost_ratio"])]
     assert default == pytest.approx(result["candidates"]["deployed"]["mean"])
     for grid in (by_miss, by_cost):
         for (pass_rate, rule), m in grid.items():

@@ -170,7 +170,7 @@ def test_changing_split_params_reruns_from_split(project):
 
 @pytest.mark.slow
 def test_exp_run_reruns_from_the_changed_stage(project):
-    out = run(["dvc", "exp", "run", "-S", "finetune.venomous_miss_target=0.05"], project).stdout
+    out = run(["dvc", "exp", "run", "-S", "finetune.venomous_cost_ratio=19"], project).stdout
     assert ran_stages(out) == {"finetune", "evaluate", "export_onnx", "quantize"}, out
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert shown

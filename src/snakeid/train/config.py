@@ -88,9 +88,9 @@ class FinetuneConfig:
     ema_decay: float = field(default=0.0, metadata=spec(ge=0.0, lt=1.0))
     # Post-hoc calibration on the val split, carried by the checkpoint into the exported model.
     temperature_scaling: bool = True
-    # "Possibly venomous" when P(any venomous species) ≥ a threshold chosen on val so that at
-    # most this share of venomous val photos fall below it (capped at 0.5).
-    venomous_miss_target: float = field(default=0.0, metadata=spec(ge=0.0, le=1.0))
+    # "Possibly venomous" when the calibrated P(any venomous species) ≥ 1 / (1 + this): what
+    # missing a venomous snake costs against a needless warning (a Bayes decision). At least 1.
+    venomous_cost_ratio: float = field(default=49.0, metadata=spec(ge=1.0))
     # "Not one of the species this model knows" above an unknown-species score threshold chosen
     # on the same held-out photos so that this share of them (all of known species) pass.
     known_pass_rate: float = field(default=0.95, metadata=spec(gt=0.0, le=1.0))
