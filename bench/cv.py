@@ -61,6 +61,7 @@ from _realdata import (  # noqa: E402
 )
 from snakeid import verify  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
+    bayes_threshold,
     calibrate_on_val,
     softmax,
     venomous_probability,
@@ -261,7 +262,7 @@ def score(task: Task, test: np.ndarray, logits: np.ndarray, cal: dict[str, Any])
     rule = venomous_rule_report(pv, is_v, cal["miss_target_threshold"])
     bayes = {}
     for k in COST_RATIOS:
-        at_k = venomous_rule_report(pv, is_v, 1 / (1 + k))
+        at_k = venomous_rule_report(pv, is_v, bayes_threshold(k))
         bayes[f"cost{k}_missed"] = at_k["venomous_missed_rate"]
         bayes[f"cost{k}_flagged_harmless"] = at_k["harmless_flagged_rate"]
     return {
@@ -505,8 +506,8 @@ def markdown(result: dict[str, Any]) -> str:
             "bold). "
             "Venomous photos missed / harmless photos passed with no warning:"
         ), "", "| recipe | miss target 0 | " + " | ".join(
-            (f"**k = {k}** (P ≥ {1 / (1 + k):.3f})" if k == meta["venomous_cost_ratio"]
-             else f"k = {k} (P ≥ {1 / (1 + k):.3f})") for k in COST_RATIOS) + " |",
+            (f"**k = {k}** (P ≥ {bayes_threshold(k):.3f})" if k == meta["venomous_cost_ratio"]
+             else f"k = {k} (P ≥ {bayes_threshold(k):.3f})") for k in COST_RATIOS) + " |",
             "|---|---|" + "---|" * len(COST_RATIOS)]  # fmt: skip
         for name, r in costed.items():
             cells = [_rule_cell(r, "rule")] + [_rule_cell(r, f"cost{k}") for k in COST_RATIOS]
