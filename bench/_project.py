@@ -38,7 +38,8 @@ def env(root: Path) -> dict[str, str]:
 
 
 def make_project(repo: Path, root: Path, overrides: dict[str, Any]) -> Path:
-    """The tests' project copy (tests/dvc_project.py) without bench/: a fresh git repo."""
+    """The tests' project copy (tests/dvc_project.py) without bench/ (but for the results a
+    stage reads): a fresh git repo."""
     return dvc_project.make_project(root, overrides, repo=repo, skip=("bench/",))
 
 

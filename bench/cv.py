@@ -114,8 +114,9 @@ class Task:
     def calibrate(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """The pipeline's calibration, plus the miss-target rule's threshold on the same photos."""
         cal = calibrate_on_val(
-            logits, labels, self.species, temperature_scaling=True, cost_ratio=self.cost_ratio
-        )
+            logits, labels, self.species, temperature_scaling=True, cost_ratio=self.cost_ratio,
+            low_confidence=FinetuneConfig().low_confidence_threshold,
+        )  # fmt: skip
         venomous = np.array([s.venomous for s in self.species])
         pv = venomous_probability(softmax(logits, cal["temperature"]), venomous)
         baseline = miss_target_threshold(pv, venomous[labels], MISS_TARGET_BASELINE)

@@ -70,12 +70,11 @@ from _realdata import (  # noqa: E402
 from snakeid.calibration import (  # noqa: E402
     bayes_threshold,
     calibrate_on_val,
-    flagged_unknown,
-    possibly_venomous,
     softmax,
     venomous_probability,
 )
 from snakeid.config import to_dict  # noqa: E402
+from snakeid.decision import flagged_unknown, venomous_or_unknown  # noqa: E402
 from snakeid.metrics import macro_f1  # noqa: E402
 from snakeid.openset import (  # noqa: E402
     Combined,
@@ -91,7 +90,7 @@ from snakeid.openset import (  # noqa: E402
 )
 from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
 from snakeid.taxa import Species  # noqa: E402
-from snakeid.train import AdaptConfig  # noqa: E402
+from snakeid.train import AdaptConfig, FinetuneConfig  # noqa: E402
 from snakeid.utils import write_json  # noqa: E402
 
 _logger = logging.getLogger("openset")
@@ -293,7 +292,7 @@ class Decisions:
             p_venomous=self.p_venomous[n:], venomous_threshold=self.venomous_threshold,
             venomous=self.unknown_venomous,
         )  # fmt: skip
-        alert = possibly_venomous(
+        alert = venomous_or_unknown(
             self.p_venomous[:n], self.venomous_threshold, flagged_unknown(scores[:n], threshold)
         )
         return rates | {"known_harmless_alerted_rate": float(alert[self.known_harmless].mean())}
@@ -351,7 +350,8 @@ def evaluate_fold(
 
     # calibrated as `finetune` calibrates: the temperature, the pipeline's venomous rule
     fitted = calibrate_on_val(oof[cal], y_known[train][cal], known_species,
-                              temperature_scaling=True, cost_ratio=s.cost_ratio)  # fmt: skip
+                              temperature_scaling=True, cost_ratio=s.cost_ratio,
+                              low_confidence=FinetuneConfig().low_confidence_threshold)  # fmt: skip
     t = fitted["temperature"]
     decisions = Decisions(
         n_test=len(test),
@@ -477,7 +477,6 @@ def main() -> None:
     threadpool_limits(args.threads)  # for the whole run
 
     from snakeid.config import load_params, section
-    from snakeid.train import FinetuneConfig
 
     finetune = section(load_params(REPO / "params.yaml"), "finetune", FinetuneConfig)
     if args.fast and args.adapt:

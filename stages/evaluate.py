@@ -82,7 +82,7 @@ def main() -> None:
     write_json(args.metrics, headline(metrics))
     write_csv(args.per_species, per_species_rows(metrics))
     threshold = ckpt.venomous_threshold
-    preds = prediction_rows(ev, species, venomous_threshold=threshold)
+    preds = prediction_rows(ev, species)
     write_csv(args.predictions, preds)
     write_csv(args.confusion, [{"actual": p["actual"], "predicted": p["predicted"]} for p in preds])
     plot_confusion(ev, species, args.confusion_png)

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from snakeid.card import data_provenance, model_card
+from snakeid.card import bench_evidence, data_provenance, model_card
 from snakeid.checkpoint import load_checkpoint
 from snakeid.config import section
 from snakeid.export import (
@@ -16,6 +16,7 @@ from snakeid.export import (
     eval_batches,
     export_onnx,
     model_meta,
+    model_region,
     ort_session,
     parity,
 )
@@ -40,6 +41,13 @@ def main() -> None:
     ap.add_argument("--evaluation-report", type=Path, required=True, help="evaluate's report")
     ap.add_argument("--metrics", type=Path, required=True, help="parity with PyTorch (DVC metrics)")
     ap.add_argument("--report", type=Path, required=True, help="every number (JSON)")
+    ap.add_argument(
+        "--openset-bench",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="bench/openset.py results for the model card, as NAME=PATH",
+    )
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
 
@@ -64,13 +72,18 @@ def main() -> None:
     meta = model_meta(
         ckpt,
         cfg,
+        region=model_region(inputs.region, cfg),
         unknown_score=unknown_score.describe(),
         data=data_provenance(args.split, species),
         evaluation=json.loads(args.evaluation.read_text())
         | {"venomous_lookalikes": report["venomous_lookalikes"]},
     )
     write_json(args.meta, meta)
-    args.card.write_text(model_card(meta))
+    evidence = [
+        bench_evidence(name, json.loads(Path(path).read_text()))
+        for name, path in (str(item).split("=", 1) for item in args.openset_bench)
+    ]
+    args.card.write_text(model_card(meta, evidence))
     _logger.info(
         "exported %s: agreement %.3f, max |diff| %.2e",
         args.onnx,

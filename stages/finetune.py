@@ -73,6 +73,7 @@ def main() -> None:
         setup.species,
         temperature_scaling=cfg.temperature_scaling,
         cost_ratio=cfg.venomous_cost_ratio,
+        low_confidence=cfg.low_confidence_threshold,
     )
     unknown = _unknown_score(
         model, caches, held, calibration["temperature"], cfg, resolve_device(setup.base.device)

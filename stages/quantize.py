@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from snakeid.config import section
-from snakeid.evaluate import Evaluation, evaluable, prediction_rows
+from snakeid.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.quantize import (
@@ -64,10 +64,9 @@ def main() -> None:
     result |= {"method": cfg.method, "calibration_images": len(calib), "n_heldout": len(heldout)}
     write_json(args.report, result)
     write_json(args.metrics, {k: result[k] for k in HEADLINE})
+    cause = verdict_causes(probs, unknown, species, meta["decision"], unknown_threshold)
     rows = prediction_rows(
-        Evaluation({}, test, probs, y, unknown, unknown_threshold),
-        species,
-        venomous_threshold=meta["decision"]["venomous_threshold"],
+        Evaluation({}, test, probs, y, unknown, unknown_threshold, cause), species
     )
     write_csv(args.predictions, rows)
     check_int8(result, cfg)  # after writing, so a failing model leaves its evidence

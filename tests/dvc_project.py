@@ -72,8 +72,9 @@ def make_project(
     root: Path, overrides: dict = SHRUNK, *, repo: Path = REPO, skip: tuple[str, ...] = ()
 ) -> Path:
     """A copy of `repo`'s files (tracked, and untracked but not ignored; none under a `skip`
-    prefix) as a fresh git repo, with `overrides` merged into params.yaml and no outputs of a
-    previous run. The tests and the benchmark build their projects with it."""
+    prefix unless a stage depends on it) as a fresh git repo, with `overrides` merged into
+    params.yaml and no outputs of a previous run. The tests and the benchmark build their
+    projects with it."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=repo,
@@ -81,8 +82,10 @@ def make_project(
         text=True,
         check=True,
     ).stdout.split()
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values()
+    deps = {d for stage in stages for d in stage.get("deps", []) if isinstance(d, str)}
     for rel in files:
-        if (repo / rel).is_file() and not rel.startswith(skip):
+        if (repo / rel).is_file() and (rel in deps or not rel.startswith(skip)):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / rel, root / rel)
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -63,10 +63,10 @@ def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     # Species 0, a venomous cobra, wins at ~82%; the meta says the photos were synthetic.
-    model, _ = build_tiny_model(tmp_path / "model", data_source="demo-synthetic")
+    model, _ = build_tiny_model(tmp_path / "model", data_source="demo-synthetic", region="Testland")
     photo = demo_photo(tmp_path / "snake.jpg")
     requests: list[str] = []
-    # --low-confidence 0.9 makes the real response carry both warnings, so the page shows both.
+    # --low-confidence 0.9: the venomous answer is also unsure, and the reason says both.
     with running_server(model, tmp_path, "--low-confidence", "0.9") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
@@ -82,6 +82,10 @@ def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
             expect(page.locator("#model-info")).to_contain_text("trained on demo-synthetic")
             expect(page.locator("#species-count")).to_have_text("4")
             expect(page.locator("#species-list li")).to_have_count(4)
+            expect(page.locator("#scope")).to_have_text(
+                "This model knows 4 snake species of Testland; a snake from elsewhere may be "
+                "one it does not know."
+            )
 
             page.set_input_files("#file", str(photo))
             results = page.locator("#results li")
@@ -89,8 +93,15 @@ def test_upload_through_the_page(chromium: Path, tmp_path: Path) -> None:
             expect(results.first).to_contain_text("Monocled Cobra")
             expect(results.first).to_contain_text("Naja kaouthia")
             expect(results.first.locator(".badge.venomous")).to_have_text("VENOMOUS")
-            expect(page.locator('.alert[data-kind="danger"]')).to_contain_text("Possibly venomous")
-            expect(page.locator('.alert[data-kind="warn"]')).to_contain_text("treat it as venomous")
+            verdict = page.locator(".alert")
+            expect(verdict).to_have_count(1)  # one verdict, one box
+            expect(verdict).to_have_attribute("data-verdict", "venomous")
+            expect(verdict.locator("h2")).to_have_text("Venomous — keep away")
+            expect(verdict).to_contain_text("Most likely the Monocled Cobra (")
+            expect(verdict).to_contain_text(
+                "a venomous species, but the model is not sure of the species."
+            )
+            expect(verdict).to_contain_text("seek medical help immediately")
             expect(page.locator("#preview")).to_be_visible()
             expect(page.locator("#model-info")).to_contain_text("sha256")
             page.screenshot(path=tmp_path / "page-mobile.png", full_page=True)
@@ -123,10 +134,15 @@ def test_page_says_not_one_of_the_species_it_knows(chromium: Path, tmp_path: Pat
             page = browser.new_context(viewport={"width": 412, "height": 915}).new_page()
             page.goto(f"{url}/")
             page.set_input_files("#file", str(photo))
-            alert = page.locator('.alert[data-kind="unknown"]')
+            alert = page.locator('.alert[data-verdict="possibly_venomous"]')
+            expect(alert.locator("h2")).to_have_text("Possibly venomous — treat it as venomous")
+            expect(alert).to_contain_text("Looks like none of the 4 species this model knows.")
             expect(alert).to_contain_text("Not one of the 4 species this model knows")
             expect(alert).to_contain_text("Treat it as venomous")
-            expect(page.locator('.alert[data-kind="ok"]')).to_have_count(0)  # never "harmless"
+            expect(page.locator('.alert[data-verdict="harmless"]')).to_have_count(0)
+            # no region in this model's metadata: the page says so rather than guess
+            scope = page.locator("#scope")
+            expect(scope).to_contain_text("the region they come from is not stated")
             results = page.locator("#results li")  # the closest species are still listed
             expect(results).to_have_count(3)
             expect(results.first).to_contain_text("Indo-Chinese Rat Snake")
@@ -138,7 +154,9 @@ def test_page_says_not_one_of_the_species_it_knows(chromium: Path, tmp_path: Pat
 def test_docs_render_offline(chromium: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    model, _ = build_tiny_model(tmp_path / "model", data_source="folder")
+    # A harmless rat snake wins, confidently: the one verdict with no warning.
+    model, _ = build_tiny_model(tmp_path / "model", data_source="folder", favour=1)
+    photo = demo_photo(tmp_path / "snake.jpg")
     with running_server(model, tmp_path) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
@@ -150,6 +168,12 @@ def test_docs_render_offline(chromium: Path, tmp_path: Path) -> None:
             expect(page.locator("#species-count")).to_have_text("4")
             expect(page.locator("#synthetic-banner")).to_have_count(0)
             expect(page.locator("#model-info")).to_contain_text("trained on folder")
+            page.set_input_files("#file", str(photo))
+            verdict = page.locator('.alert[data-verdict="harmless"]')
+            expect(verdict.locator("h2")).to_have_text("Harmless — still, do not handle it")
+            expect(verdict).to_contain_text("Most likely the Indo-Chinese Rat Snake (")
+            expect(verdict).to_contain_text("a harmless species.")
+            expect(verdict).to_contain_text("Identifications from photos can be wrong")
 
             # Swagger UI: its script ran, fetched /openapi.json and listed the operations.
             page.goto(f"{url}/docs")

@@ -21,7 +21,7 @@ from snakeid.calibration import (
     venomous_tradeoff,
 )
 from snakeid.errors import UserError
-from snakeid.evaluate import EvaluateConfig, evaluate
+from snakeid.evaluate import EvaluateConfig, evaluate, prediction_rows
 from snakeid.export import ExportConfig, check_parity, export_onnx, ort_session, parity
 from snakeid.metrics import (
     binomial_bound,
@@ -67,7 +67,9 @@ def test_the_venomous_threshold_is_the_bayes_decision_for_the_cost_ratio():
 
 def test_calibrate_on_val_reports_before_and_after():
     y, _, logits = _noisy_predictions(classes=len(TAXA))
-    cal = calibrate_on_val(logits, y, TAXA, temperature_scaling=True, cost_ratio=19.0)
+    cal = calibrate_on_val(
+        logits, y, TAXA, temperature_scaling=True, cost_ratio=19.0, low_confidence=0.5
+    )
     assert cal["val_nll_after"] < cal["val_nll_before"]
     assert cal["venomous_threshold"] == pytest.approx(0.05)  # the threshold never reads val
     pv = venomous_probability(softmax(logits, cal["temperature"]), [s.venomous for s in TAXA])
@@ -99,7 +101,8 @@ def test_ece_of_a_perfectly_calibrated_bin_is_zero():
 
 
 def test_evaluate_scores_a_model_and_excludes_untrained_species():
-    rows = [{"taxon": s.name, "path": f"{i}.jpg"} for i, s in enumerate(TAXA * 5)]
+    rows = [{"taxon": s.name, "path": f"{i}.jpg", "photo_id": str(i), "observation_id": str(i)}
+            for i, s in enumerate(TAXA * 5)]  # fmt: skip
     train = [r for r in rows if r["taxon"] != TAXA[3].name]  # the last species never trained
     truth = {s.name: i for i, s in enumerate(TAXA)}
 
@@ -110,7 +113,7 @@ def test_evaluate_scores_a_model_and_excludes_untrained_species():
             out[k, 0 if c == 1 else c] = 4.0
         return out, np.zeros(len(batch))
 
-    calibration = {"temperature": 1.0, "venomous_threshold": 0.5}
+    calibration = {"temperature": 1.0, "venomous_threshold": 0.5, "low_confidence_threshold": 0.5}
     ev = evaluate(predict, rows, train, TAXA, EvaluateConfig(bootstrap=100), seed=0,
                   calibration=calibration, unknown_threshold=0.5)  # fmt: skip
     m = ev.metrics
@@ -121,6 +124,15 @@ def test_evaluate_scores_a_model_and_excludes_untrained_species():
     assert m["venomous_to_harmless_rate"] == 0.0 and m["harmless_to_venomous_rate"] == 1.0
     assert m["macro_f1_ci95"]["low"] <= m["macro_f1"] <= m["macro_f1_ci95"]["high"]
     assert m["openset"]["known_flagged_rate"] == 0.0 and m["openset"]["auroc"] is None
+    # the verdict as predict tells it: the rat snakes called a cobra are told "venomous"
+    v = m["verdicts"]
+    assert v["harmless_photos"] == {"venomous": 5, "possibly_venomous": 0, "harmless": 0}
+    assert v["venomous_photos"] == {"venomous": 10, "possibly_venomous": 0, "harmless": 0}
+    assert v["harmless_no_warning_rate"] == 0.0 and v["venomous_no_warning_rate"] == 0.0
+    assert v["unknown_venomous_no_warning_rate"] is None  # no species held out
+    rows = prediction_rows(ev, TAXA)
+    assert {r["verdict"] for r in rows} == {"venomous"}
+    assert all(r["possibly_venomous"] for r in rows)
 
 
 def test_evaluate_measures_the_unknown_flag_on_held_out_species():
@@ -141,11 +153,17 @@ def test_evaluate_measures_the_unknown_flag_on_held_out_species():
             out[k, c] = 4.0
         return out, np.array([scores[r["path"]] for r in batch])
 
-    m = evaluate(
+    metrics = evaluate(
         predict, known, known, TAXA, EvaluateConfig(bootstrap=100), seed=0,
-        calibration={"temperature": 1.0, "venomous_threshold": 0.5}, unknown_threshold=0.85,
-        unknown_rows=unknown, unknown_species=[cobra, rat],
-    ).metrics["openset"]  # fmt: skip
+        calibration={"temperature": 1.0, "venomous_threshold": 0.5,
+                     "low_confidence_threshold": 0.5},
+        unknown_threshold=0.85, unknown_rows=unknown, unknown_species=[cobra, rat],
+    ).metrics  # fmt: skip
+    m = metrics["openset"]
+    # the two unflagged unknown cobras, confidently called a harmless species, are told harmless
+    assert metrics["verdicts"]["unknown_venomous_no_warning_rate"] == pytest.approx(2 / 4)
+    # known photos: right and sure; two harmless ones (scores 0.9) flagged unknown
+    assert metrics["verdicts"]["harmless_no_warning_rate"] == pytest.approx(8 / 10)
     assert m["known_flagged_rate"] == pytest.approx(2 / 20)  # 0.9 twice
     assert m["unknown_flagged_rate"] == pytest.approx(4 / 8)
     assert m["dangerous_rate"] == pytest.approx(2 / 4)  # unflagged cobras called harmless

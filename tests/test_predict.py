@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from snakeid.calibration import softmax
 from snakeid.cli import main
+from snakeid.decision import VERDICTS
 from snakeid.predict import ModelMetaError, Predictor
 from tiny_model import NO_TORCH_MAIN, SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
@@ -40,7 +42,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     demo_photo(root / "b.jpg", seed=1)
     demo_photo(root / "a.JPG", (200, 300), seed=2)
     demo_photo(root / "trip" / "c.jpg", (500, 260), seed=3)
-    (root / "trip" / "notes.txt").write_text("not a photo, and not listed")
+    (root / "trip" / "notes.txt").write_text("not a photo: skipped, and said so")
     (root / "trip" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     return root
 
@@ -159,7 +161,7 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
     )
     assert code == 1  # broken.png failed; the other three are still written
     lines = [json.loads(line) for line in out.splitlines()]
-    # Recursive, sorted, image extensions only (notes.txt is not listed).
+    # Recursive, sorted, image extensions only (notes.txt is reported on stderr, not a row).
     assert [Path(r["path"]).relative_to(photos).as_posix() for r in lines] == [
         "a.JPG",
         "b.jpg",
@@ -168,11 +170,14 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
     ]
     keys = {
         "path",
+        "verdict",
+        "reason",
         "predictions",
         "venomous_probability",
         "possibly_venomous",
         "low_confidence",
         "unknown_score",
+        "unknown_margin",
         "unknown",
         "error",
         "synthetic",
@@ -181,11 +186,20 @@ def test_cli_json_streams_one_object_per_file(model_dir, photos, capsys) -> None
     broken = lines[2]
     assert broken["error"] and broken["predictions"] == []
     assert broken["possibly_venomous"] is None and broken["venomous_probability"] is None
+    assert broken["verdict"] is None and broken["reason"] is None
     good = [r for i, r in enumerate(lines) if i != 2]
     assert all(r["error"] is None and len(r["predictions"]) == 3 for r in good)
-    assert all(isinstance(r["possibly_venomous"], bool) for r in good)
+    assert all(r["possibly_venomous"] == (r["verdict"] != "harmless") for r in good)
+    assert all(r["verdict"] in VERDICTS and r["reason"] for r in good)
     assert not any(r["synthetic"] for r in lines)
-    assert err.strip().splitlines()[-1] == "snakeid: classified 3 of 4 photos; 1 failed (exit 1)"
+    told = Counter(r["verdict"] for r in good)
+    counts = ", ".join(f"{told[v]} {v}" for v in VERDICTS)
+    assert err.strip().splitlines()[-1] == (
+        f"snakeid: classified 3 of 4 photos ({counts}); 1 failed (exit 1)"
+    )
+    # the file that is not an image is named and counted, not silently skipped
+    assert "snakeid: skipped 1 file(s) that are not images" in err
+    assert f"  {photos / 'trip' / 'notes.txt'}" in err.splitlines()
 
 
 def _venomous_share(row: dict[str, str], top_k: int) -> float:
@@ -209,11 +223,14 @@ def test_cli_csv_is_one_row_per_photo(model_dir, photos, capsys) -> None:
     ]
     assert list(rows[0]) == [
         "path",
+        "verdict",
+        "reason",
         *ranked,
         "venomous_probability",
         "possibly_venomous",
         "low_confidence",
         "unknown_score",
+        "unknown_margin",
         "unknown",
         "error",
     ]
@@ -226,8 +243,16 @@ def test_cli_csv_is_one_row_per_photo(model_dir, photos, capsys) -> None:
         assert {r[f"species_{k}"] for k in range(1, 5)} == {s["name"] for s in SPECIES}
         # With every species in the columns, venomous_probability is exactly their venomous sum.
         assert float(r["venomous_probability"]) == pytest.approx(_venomous_share(r, 4), abs=1e-5)
-        assert r["possibly_venomous"] == str(float(r["venomous_probability"]) >= 0.5).lower()
         assert r["low_confidence"] == str(probs[0] < 0.5).lower()
+        # the verdict from the columns, thresholds 0.5 and 0.5, nothing flagged unknown
+        if r["venomous_1"] == "true":
+            expected = "venomous"
+        elif probs[0] < 0.5 or float(r["venomous_probability"]) >= 0.5:
+            expected = "possibly_venomous"
+        else:
+            expected = "harmless"
+        assert r["verdict"] == expected and r["unknown"] == "false"
+        assert r["possibly_venomous"] == str(expected != "harmless").lower()
     (broken,) = [r for r in rows if r["error"]]
     assert Path(broken["path"]).name == "broken.png"
     assert not any(v for k, v in broken.items() if k not in ("path", "error"))
@@ -240,6 +265,8 @@ def test_cli_csv_long_is_one_row_per_rank(model_dir, photos, capsys) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == [
         "path",
+        "verdict",
+        "reason",
         "rank",
         "species",
         "common_name",
@@ -249,6 +276,7 @@ def test_cli_csv_long_is_one_row_per_rank(model_dir, photos, capsys) -> None:
         "possibly_venomous",
         "low_confidence",
         "unknown_score",
+        "unknown_margin",
         "unknown",
         "error",
     ]
@@ -257,7 +285,7 @@ def test_cli_csv_long_is_one_row_per_rank(model_dir, photos, capsys) -> None:
     assert all(r["venomous"] in ("true", "false") and 0 <= float(r["probability"]) <= 1 for r in ok)
     for first, second in (ok[0:2], ok[2:4]):  # the per-photo columns repeat on each rank
         assert first["path"] == second["path"]
-        for column in ("venomous_probability", "possibly_venomous", "low_confidence"):
+        for column in ("verdict", "reason", "venomous_probability", "possibly_venomous"):
             assert first[column] == second[column] != ""
     assert [r["path"].endswith("broken.png") for r in rows if r["error"]] == [True]
 
@@ -273,15 +301,20 @@ def test_cli_table_is_aligned_and_marks_venomous(tmp_path, photos, capsys) -> No
     model, _ = build_tiny_model(tmp_path, favour=0)  # species 0 (venomous) wins
     code, out, _ = run_cli(capsys, "predict", str(photos), "--model", str(model))
     assert code == 1  # broken.png
-    lines = out.splitlines()
-    header = ["PATH", "#", "SPECIES", "COMMON", "NAME", "PROB", "VENOMOUS", "UNKNOWN_SCORE"]
+    scope, *lines = out.splitlines()
+    assert scope == (
+        "# the model knows 4 snake species (the region they come from is not stated); "
+        "a snake of any other species may be one it does not know"
+    )
+    header = ["PATH", "#", "SPECIES", "COMMON", "NAME", "PROB", "VENOMOUS", "UNKNOWN", "MARGIN"]
     assert lines[0].split() == header
     first = next(line for line in lines if line.startswith(str(photos / "a.JPG")))
     assert "Naja kaouthia" in first and "Monocled Cobra" in first and "VENOMOUS" in first
     assert first.index("Naja") == lines[0].index("SPECIES")  # columns line up
     assert first.index("VENOMOUS") == lines[0].index("VENOMOUS")
-    float(first[lines[0].index("UNKNOWN_SCORE") :].split()[0])  # the score, on rank 1
-    assert any("possibly venomous" in line for line in lines)
+    assert float(first[lines[0].index("UNKNOWN") :].split()[0]) < 0  # the margin, on rank 1
+    verdict = lines[lines.index(first) + 3].strip()  # under the top 3: the verdict and why
+    assert verdict.startswith("=> Venomous — keep away: most likely the Monocled Cobra (")
     assert not any("Not one of" in line for line in lines)  # the default threshold: known
     assert any("broken.png" in line and "error:" in line for line in lines)
 
@@ -306,9 +339,11 @@ def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:
     good = [str(photos / "b.jpg"), str(photos / "a.JPG")]
     code, out, err = run_cli(capsys, "predict", *good, "--model", model, "--format", "csv")
     assert code == 0 and len(out.splitlines()) == 3
-    assert err.strip() == "snakeid: classified 2 of 2 photos (exit 0)"
+    told = Counter(r["verdict"] for r in csv.DictReader(io.StringIO(out)))
+    counts = ", ".join(f"{told[v]} {v}" for v in VERDICTS)
+    assert err.strip() == f"snakeid: classified 2 of 2 photos ({counts}) (exit 0)"
     code, out, err = run_cli(capsys, "predict", good[0], good[0], "--model", model)
-    assert code == 0 and err.strip() == "snakeid: classified 2 of 2 photos (exit 0)"
+    assert code == 0 and err.strip().startswith("snakeid: classified 2 of 2 photos (")
 
     # One good file and one missing file: the good one is written, the run still fails.
     missing = tmp_path / "missing.jpg"
@@ -320,10 +355,14 @@ def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:
     assert [r["path"] for r in rows] == [good[0], str(missing)]
     assert rows[0]["species_1"] and not rows[0]["error"]
     assert "cannot read file" in rows[1]["error"]
-    assert err.strip() == "snakeid: classified 1 of 2 photos; 1 failed (exit 1)"
+    assert err.strip().startswith("snakeid: classified 1 of 2 photos (")
+    assert err.strip().endswith("; 1 failed (exit 1)")
 
     code, _, err = run_cli(capsys, "predict", str(photos / "trip" / "broken.png"), "--model", model)
-    assert code == 1 and "classified 0 of 1 photos; 1 failed (exit 1)" in err
+    assert code == 1 and (
+        "classified 0 of 1 photos (0 venomous, 0 possibly_venomous, 0 harmless); 1 failed (exit 1)"
+        in err
+    )
 
     # A folder without images is a usage error, reported before anything is classified.
     (tmp_path / "empty").mkdir()
@@ -340,7 +379,10 @@ def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:
     code, _, err = run_cli(
         capsys, "predict", str(photos), "--model", str(tmp_path / "model_int8.onnx")
     )
-    assert code == 2 and "run `dvc repro` first" in err and len(err.strip().splitlines()) == 1
+    assert err.strip().splitlines() == [
+        f"snakeid: error: model not found: {tmp_path / 'model_int8.onnx'} (from --model)"
+    ]
+    assert code == 2
     code, _, err = run_cli(capsys, "predict", str(photos), "--model", model, "--top-k", "9")
     assert code == 2 and "top-k must be between 1 and 4" in err
 
@@ -373,7 +415,7 @@ def test_help_shows_every_default_and_the_exit_codes(command, capsys) -> None:
     assert "(default: 3)" in blocks["--top-k"]
     if command == "predict":
         assert "(default: table)" in blocks["--format"]
-        exit_lines = [" ".join(line.split()[:2]) for line in out.splitlines()[-20:]]
+        exit_lines = [" ".join(line.split()[:2]) for line in out.splitlines()]
         assert {"0 every", "1 some", "2 usage"} <= set(exit_lines)
 
 

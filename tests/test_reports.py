@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from snakeid.card import data_provenance, model_card
+from snakeid.card import bench_evidence, data_provenance, model_card
 from snakeid.evaluate import HEADLINE, headline, per_species_rows
 from snakeid.live import CURVES, EpochLog
 from snakeid.metrics import bootstrap_intervals, venomous_lookalikes
@@ -70,6 +70,12 @@ def _evaluation() -> dict:
     return {
         **dict.fromkeys(HEADLINE, 0.7),
         **{k: ci for k in HEADLINE if k.endswith("_ci95")},
+        "verdicts": {
+            "harmless_no_warning_rate": 0.6,
+            "venomous_no_warning_rate": 0.01,
+            "unknown_venomous_no_warning_rate": 0.1,
+            "harmless_photos": {"venomous": 1, "possibly_venomous": 3, "harmless": 6},
+        },
         "venomous_rule": {
             "threshold": 0.2,
             "venomous_missed_rate": 0.05,
@@ -92,7 +98,12 @@ def _evaluation() -> dict:
 
 def test_headline_keeps_only_the_review_numbers():
     got = headline(_evaluation())
-    assert set(got) == {*HEADLINE, "venomous_rule", "openset"}
+    assert set(got) == {*HEADLINE, "verdicts", "venomous_rule", "openset"}
+    assert got["verdicts"] == {
+        "harmless_no_warning_rate": 0.6,
+        "venomous_no_warning_rate": 0.01,
+        "unknown_venomous_no_warning_rate": 0.1,
+    }
     assert got["venomous_rule"] == {"venomous_missed_rate": 0.05, "harmless_flagged_rate": 0.3}
     assert got["openset"] == {
         "auroc": 0.8, "unknown_flagged_rate": 0.4, "known_flagged_rate": 0.05,
@@ -189,7 +200,15 @@ def test_provenance_and_model_card(tmp_path, source):
         },  # fmt: skip
         "unknown_score": {"score": "msp+knn1_per_class", "known_pass_rate": 0.95},
     }
-    card = model_card(meta)
+    evidence = {
+        "candidates": {"deployed": {"mean": {"auroc": 0.788, "known_flagged_rate": 0.039,
+                                             "unknown_venomous_caught_rate": 0.947},
+                                    "sd_rotations": {"auroc": 0.038}}},
+        "meta": {"command": "python bench/openset.py --data D --out bench/openset.json",
+                 "photos": 1175, "species": 14, "partitions": 2, "rotations_per_partition": 4,
+                 "outer_folds_evaluated": 5},
+    }  # fmt: skip
+    card = model_card(meta, [bench_evidence("frozen", evidence)])
     lookalikes = card[card.index("## Look-alikes") : card.index("## Species")].splitlines()
     assert lookalikes[-3:-1] == [
         "| *Naja kaouthia* (Monocled Cobra, venomous) | *Ptyas mucosa* (Oriental Rat Snake, "
@@ -200,8 +219,27 @@ def test_provenance_and_model_card(tmp_path, source):
     meta["evaluation"]["venomous_lookalikes"] = []
     assert "No test photo was called a species across the venomous line." in model_card(meta)
     assert "| known-species photos flagged unknown | 5.0% | |" in card
-    assert "| unknown vs known AUROC | 0.800 | |" in card
+    assert "| harmless told harmless (no warning) | 60.0% | |" in card
+    assert "| unknown vs known AUROC | 0.800 |" in card
+    assert "| held-out venomous told harmless (no warning) | 10.0% |" in card
     assert "*Naja sputatrix* (1)" in card
+    bench_row = (
+        "| frozen | 8 × 5 | 0.788 ± 0.038 | 3.9% | 94.7% | `python bench/openset.py --data D "
+        "--out bench/openset.json` |"
+    )
+    assert bench_row in card
+    assert "- Region: not stated" in card and "region they come from is not stated" in card
+    # a run that held no species out still reports measured evidence, never a bare n/a
+    meta["data"] = data | {"held_out_species": {}}
+    meta["evaluation"]["openset"] |= {"auroc": None, "unknown_flagged_rate": None,
+                                      "dangerous_rate": None}  # fmt: skip
+    meta["region"] = "Testland"
+    alone = model_card(meta, [bench_evidence("frozen", evidence)])
+    unknown_part = alone[alone.index("## Snakes it does not know") : alone.index("## Look-alikes")]
+    assert "n/a" not in unknown_part and bench_row in unknown_part
+    assert "held no species out" in unknown_part
+    assert "This model knows 2 snake species of Testland; a snake from elsewhere" in alone
+    assert "- Region: Testland" in alone
     assert "Not for medical decisions" in card
     assert "| *Naja kaouthia* | Monocled Cobra | yes | 3 | 1 | 1 |" in card
     assert "| macro-F1 | 0.700 | 0.500–0.900 |" in card

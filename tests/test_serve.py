@@ -62,11 +62,15 @@ def test_predict_returns_top_k_with_the_documented_keys(client: TestClient, phot
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {
+        "verdict",
+        "headline",
+        "reason",
         "predictions",
         "low_confidence",
         "possibly_venomous",
         "venomous_probability",
         "unknown_score",
+        "unknown_margin",
         "unknown",
         "message",
         "model",
@@ -79,6 +83,7 @@ def test_predict_returns_top_k_with_the_documented_keys(client: TestClient, phot
     # The tiny model favours species 0 (venomous) for any photo.
     assert preds[0]["species"] == SPECIES[0]["name"] and preds[0]["venomous"] is True
     assert body["possibly_venomous"] is True and body["low_confidence"] is False
+    assert body["verdict"] == "venomous"
     assert body["model"]["sha256"] == client.get("/health").json()["model_sha256"]
     threshold = body["model"]["unknown_threshold"]
     assert body["unknown"] is (body["unknown_score"] > threshold)
@@ -99,7 +104,10 @@ def test_a_species_the_model_does_not_know_is_said_so(tmp_path: Path, photo: byt
 def test_low_confidence_threshold_comes_from_the_flag(model: Path, photo: bytes) -> None:
     strict = TestClient(create_app(model, low_confidence=0.99, venomous_threshold=0.999))
     body = upload(strict, photo).json()
-    assert body["low_confidence"] is True and body["possibly_venomous"] is False
+    assert body["low_confidence"] is True and body["venomous_probability"] < 0.999
+    # a venomous top-1 is the answer however unsure; never harmless
+    assert body["verdict"] == "venomous" and body["possibly_venomous"] is True
+    assert body["reason"].endswith("a venomous species, but the model is not sure of the species")
     assert body["model"]["low_confidence_threshold"] == 0.99
 
 

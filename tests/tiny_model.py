@@ -105,6 +105,7 @@ def build_tiny_model(
     decision: dict[str, float] | None = None,
     data_source: str | None = None,
     quantize: bool = False,
+    region: str | None = None,
 ) -> tuple[Path, Any]:
     """Write `model_fp32.onnx` (and `model_int8.onnx` if asked) + `model_meta.json` with the
     library's exporter, `model_meta` and quantizer, as the pipeline's stages do.
@@ -120,7 +121,7 @@ def build_tiny_model(
     model = DeployedModel(net, openset=score.module()).eval()  # type: ignore[arg-type]
     meta = tiny_meta(
         species, image_size, decision=decision, data_source=data_source,
-        unknown_score=score.describe(),
+        unknown_score=score.describe(), region=region,
     )  # fmt: skip
     fp32 = out_dir / "model_fp32.onnx"
     export_onnx(model, fp32, image_size, opset=17)
@@ -143,6 +144,7 @@ def tiny_meta(
     decision: dict[str, float] | None = None,
     data_source: str | None = None,
     unknown_score: dict[str, Any] | None = None,
+    region: str | None = None,
 ) -> dict[str, Any]:
     """`snakeid.export.model_meta` of a checkpoint-like record of the tiny net; `unknown_score`
     is `UnknownScore.describe()` (default: a score whose threshold flags nothing)."""
@@ -162,13 +164,19 @@ def tiny_meta(
         params={"tests": True},
         stage="finetune",
         metrics={},
-        calibration={"temperature": 1.0, "venomous_threshold": decision["venomous_threshold"]},
+        calibration={
+            "temperature": 1.0,
+            "venomous_threshold": decision["venomous_threshold"],
+            "low_confidence_threshold": decision["low_confidence_threshold"],
+        },
         holdout=None,
         openset=None,
     )
-    cfg = ExportConfig(low_confidence_threshold=decision["low_confidence_threshold"])
+    cfg = ExportConfig()
     data = {} if data_source is None else {"source": data_source}
-    return model_meta(ckpt, cfg, unknown_score=unknown_score, data=data, evaluation={})
+    return model_meta(
+        ckpt, cfg, region=region, unknown_score=unknown_score, data=data, evaluation={}
+    )
 
 
 def demo_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:

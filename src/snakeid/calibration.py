@@ -1,6 +1,6 @@
-"""Post-hoc decisions fitted on the validation split: temperature scaling and the venomous rule,
-and the two flags every consumer shows (possibly venomous; not one of the known species, whose
-score and threshold `snakeid.openset` fits).
+"""Post-hoc decisions fitted on the validation split: temperature scaling and the venomous rule
+(the unknown-species score and threshold: `snakeid.openset`; the verdict they feed:
+`snakeid.decision`).
 
 All are chosen on val only (never on test) by the `finetune` stage, stored in the checkpoint,
 baked into / written beside the exported model, and reported on test by `evaluate`.
@@ -45,22 +45,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def venomous_probability(probs: np.ndarray, venomous: Sequence[bool]) -> np.ndarray:
     """P(the snake is of any venomous species) = summed probability of venomous classes."""
     return probs[:, np.asarray(venomous, dtype=bool)].sum(1)
-
-
-def flagged_unknown(score: np.ndarray | float, threshold: float) -> np.ndarray:
-    """The "not one of the species this model knows" flag, as every consumer shows it: the
-    unknown-species score above `threshold` (`snakeid.openset.fit_threshold` lets
-    `finetune.known_pass_rate` of known held-out photos pass). Arrays or scalars."""
-    return np.asarray(score) > threshold
-
-
-def possibly_venomous(
-    p_venomous: np.ndarray | float, threshold: float, unknown: np.ndarray | bool
-) -> np.ndarray:
-    """The "possibly venomous" flag, as every consumer shows it: P(any venomous species) ≥
-    `threshold`, or flagged as none of the model's species (a snake it does not know may be
-    venomous). Arrays or scalars."""
-    return (np.asarray(p_venomous) >= threshold) | np.asarray(unknown, dtype=bool)
 
 
 def bayes_threshold(cost_ratio: float) -> float:
@@ -116,9 +100,11 @@ def calibrate_on_val(
     *,
     temperature_scaling: bool,
     cost_ratio: float,
+    low_confidence: float,
 ) -> dict[str, Any]:
     """Fit the temperature on val logits, set the venomous threshold for `cost_ratio`
-    (`bayes_threshold`); report their effect on those photos."""
+    (`bayes_threshold`) and carry the low-confidence threshold; report their effect on those
+    photos."""
     from snakeid.metrics import expected_calibration_error
 
     t = fit_temperature(logits, labels) if temperature_scaling else 1.0
@@ -130,6 +116,7 @@ def calibrate_on_val(
     return {
         "temperature": t,
         "venomous_threshold": threshold,
+        "low_confidence_threshold": low_confidence,
         "val_ece_before": expected_calibration_error(labels, softmax(logits)),
         "val_ece_after": expected_calibration_error(labels, probs),
         "val_nll_before": nll(logits, labels, 1.0),

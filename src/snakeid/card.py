@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from snakeid.decision import scope
 from snakeid.manifest import SPLITS, read_manifest
 from snakeid.predict import SYNTHETIC_SOURCE
 from snakeid.split import UNKNOWN
@@ -35,13 +36,30 @@ def data_provenance(split_dir: Path, species: Sequence[Species]) -> dict[str, An
     }
 
 
-def model_card(meta: dict[str, Any]) -> str:
-    """A short Markdown model card from `model_meta.json`'s facts."""
+def bench_evidence(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The deployed unknown-species score's results in a bench/openset.py output (`result`):
+    what the card reports for runs that measured nothing of their own."""
+    deployed, meta = result["candidates"]["deployed"], result["meta"]
+    return {
+        "name": name,
+        "command": meta["command"],
+        "photos": meta["photos"],
+        "species": meta["species"],
+        "rotations": meta["partitions"] * meta["rotations_per_partition"],
+        "outer_folds": meta["outer_folds_evaluated"],
+        "mean": deployed["mean"],
+        "sd_rotations": deployed["sd_rotations"],
+    }
+
+
+def model_card(meta: dict[str, Any], evidence: Sequence[dict[str, Any]] = ()) -> str:
+    """A short Markdown model card from `model_meta.json`'s facts, and the unknown-species
+    measurements on real photos in `evidence` (`bench_evidence`)."""
     data, ev = meta["data"], meta["evaluation"]
     species = meta["species"]
     n_venomous = sum(s["venomous"] for s in species)
     totals = {s: sum(p[s] for p in data["photos"].values()) for s in SPLITS}
-    rule, openset = ev["venomous_rule"], ev["openset"]
+    rule, openset, verdict = ev["venomous_rule"], ev["openset"], ev["verdicts"]
     unknown = meta["unknown_score"]
     held_out = ", ".join(f"*{k}* ({v})" for k, v in data["held_out_species"].items()) or "none"
     lines = [
@@ -58,18 +76,21 @@ def model_card(meta: dict[str, Any]) -> str:
         "## Intended use",
         "",
         f"Suggests which of {len(species)} snake species ({n_venomous} venomous) a photo "
-        'shows, with a "possibly venomous" flag and a "not one of the species this model '
-        'knows" flag, to help people who photograph snakes and the field apps and clinics '
+        "shows, with a verdict a person can act on (venomous, possibly venomous or harmless) "
+        "and its reason, to help people who photograph snakes and the field apps and clinics "
         "that support them.",
+        "",
+        f"**Scope.** This model {scope(len(species), meta.get('region'))}.",
         "",
         "**Not for medical decisions.** Treat every snakebite as an emergency whatever the "
         "model says. The model only knows the species below. A photo whose unknown-species "
-        f"score (`{unknown['score']}`) is above its threshold is flagged as none of them, and "
-        "counts as possibly venomous; a snake of another species that is not flagged is still "
+        f"score (`{unknown['score']}`) is above its threshold is flagged as none of them and "
+        "is never called harmless; a snake of another species that is not flagged is still "
         "named as one of them.",
         "",
         "## Data",
         "",
+        f"- Region: {meta.get('region') or 'not stated (the species file has no `region`)'}",
         f"- Source: `{data['source']}`; photos train / val / test: "
         f"{totals['train']} / {totals['val']} / {totals['test']}, split by observation.",
         "- Manifests (sha256): "
@@ -97,14 +118,13 @@ def model_card(meta: dict[str, Any]) -> str:
         f"| top-3 accuracy | {ev['top3_accuracy']:.3f} | |",
         f"| expected calibration error | {ev['ece']:.3f} | |",
         f"| venomous called a harmless species | {_rate(ev['venomous_to_harmless_rate'])} | |",
-        f'| venomous not flagged "possibly venomous" | {_rate(rule["venomous_missed_rate"])} | |',
-        f'| harmless flagged "possibly venomous" | {_rate(rule["harmless_flagged_rate"])} | |',
+        f"| venomous told harmless (no warning of any kind) | "
+        f"{_rate(verdict['venomous_no_warning_rate'])} | |",
+        f"| harmless told harmless (no warning) | {_rate(verdict['harmless_no_warning_rate'])} | |",
+        f"| harmless over the venomous threshold | {_rate(rule['harmless_flagged_rate'])} | |",
         f"| known-species photos flagged unknown | {_rate(openset['known_flagged_rate'])} | |",
-        f"| held-out-species photos flagged unknown | {_rate(openset['unknown_flagged_rate'])} | |",
-        f"| unknown vs known AUROC | {_num(openset['auroc'])} | |",
-        f"| held-out venomous called a known harmless species, unflagged | "
-        f"{_rate(openset['dangerous_rate'])} | |",
         "",
+        *_unknown_species(ev, data["held_out_species"], evidence),
         *_lookalikes(ev["venomous_lookalikes"], species),
         "## Species",
         "",
@@ -123,13 +143,70 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         f"- Only these {len(species)} species are named. The unknown-species flag passes "
         f"{unknown['known_pass_rate']:.0%} of held-out known-species photos by construction, "
-        "and catches only part of the others: see the rows above.",
+        "and catches only part of the others: see *Snakes it does not know*.",
         f"- Small test set ({totals['test']} photos): read the intervals, not the point values.",
         "- Metrics are the FP32 model's; the INT8 model's agreement with it is in "
         "`metrics/quantize.json`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _unknown_species(
+    ev: dict[str, Any], held_out: dict[str, int], evidence: Sequence[dict[str, Any]]
+) -> list[str]:
+    """This run's unknown-species rows when it held species out, and always the measurements on
+    real photos from bench/: never a bare "n/a"."""
+    lines = ["## Snakes it does not know", ""]
+    openset, verdict = ev["openset"], ev["verdicts"]
+    if held_out:
+        venomous_row = (
+            [
+                "| held-out venomous called a known harmless species, unflagged | "
+                f"{_rate(openset['dangerous_rate'])} |",
+                "| held-out venomous told harmless (no warning) | "
+                f"{_rate(verdict['unknown_venomous_no_warning_rate'])} |",
+            ]
+            if openset["dangerous_rate"] is not None
+            else ["| held-out venomous photos | none: every held-out species is harmless |"]
+        )
+        lines += [
+            "This run held species out of training (`split.unknown_species`); on their test "
+            "photos:",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            "| held-out-species photos flagged unknown | "
+            f"{_rate(openset['unknown_flagged_rate'])} |",
+            f"| unknown vs known AUROC | {_num(openset['auroc'])} |",
+            *venomous_row,
+            "",
+        ]
+    else:
+        lines += [
+            "This run held no species out (`split.unknown_species: []`), so it has no measurement "
+            "of its own of species it does not know.",
+            "",
+        ]
+    if evidence:
+        lines += [
+            "Measured on real photos by `bench/openset.py` (not this model's photos): each "
+            "rotation holds 3–4 species of a 14-species set out, grouped 5-fold over the rest; "
+            "mean ± sd over rotations:",
+            "",
+            "| features | rotations × folds | unknown vs known AUROC | known photos flagged "
+            "| unknown venomous warned | command |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in evidence:
+            m, sd = e["mean"], e["sd_rotations"]
+            lines.append(
+                f"| {e['name']} | {e['rotations']} × {e['outer_folds']} | {m['auroc']:.3f} ± "
+                f"{sd['auroc']:.3f} | {m['known_flagged_rate']:.1%} | "
+                f"{m['unknown_venomous_caught_rate']:.1%} | `{e['command']}` |"
+            )
+        lines.append("")
+    return lines
 
 
 def _lookalikes(pairs: list[dict[str, Any]], species: list[dict[str, Any]]) -> list[str]:

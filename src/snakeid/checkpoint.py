@@ -21,7 +21,9 @@ FORMAT = "snakeid-checkpoint/4"  # 2: several backbones, trunk sizes; 3: unknown
 # 4: tta_flip
 HOLDOUT_KEYS = {"logits", "labels", "source", "folds", "rows"}
 OPENSET_KEYS = {"score", "threshold", "known_pass_rate", "arrays", "fit"}
-CALIBRATION_KEYS = {"temperature", "venomous_threshold"}
+# The head's calibration until finetune fits one.
+HEAD_CALIBRATION = {"temperature": 1.0, "venomous_threshold": 0.5, "low_confidence_threshold": 0.5}
+CALIBRATION_KEYS = {"temperature", "venomous_threshold", "low_confidence_threshold"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ class Checkpoint:
     params: dict[str, Any]  # the params it was trained with (provenance)
     stage: str  # train_head | finetune
     metrics: dict[str, Any]  # the stage's report
-    # temperature and venomous threshold (fitted by finetune; 1.0 / 0.5 for the head) plus
-    # whatever the fit reports
+    # temperature, venomous and low-confidence thresholds (set by finetune; 1.0 / 0.5 / 0.5 for
+    # the head) plus whatever the fit reports
     calibration: dict[str, Any]
     # logits (N, C), labels (N,), source, and out of fold the folds of train+val and the N
     # photos' rows among them (else None), of photos no weight was fitted on, from which finetune
@@ -57,6 +59,10 @@ class Checkpoint:
     @property
     def venomous_threshold(self) -> float:
         return float(self.calibration["venomous_threshold"])
+
+    @property
+    def low_confidence_threshold(self) -> float:
+        return float(self.calibration["low_confidence_threshold"])
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,7 @@ def save_checkpoint(
         params=params,
         stage=stage,
         metrics=metrics,
-        calibration=calibration or {"temperature": 1.0, "venomous_threshold": 0.5},
+        calibration=calibration or HEAD_CALIBRATION,
         holdout=holdout,
         openset=openset,
     ).save(path)

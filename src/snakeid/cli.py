@@ -1,7 +1,7 @@
 """`snakeid predict` and `snakeid serve`: the exported model, used without torch.
 
-    snakeid predict PATH... [--model models/model_int8.onnx] [--top-k 3] [--format table|json|csv]
-    snakeid serve [--model models/model_int8.onnx] [--host 127.0.0.1] [--port 8000]
+    snakeid predict PATH... [--model MODEL] [--top-k 3] [--format table|json|csv]
+    snakeid serve [--model MODEL] [--host 127.0.0.1] [--port 8000]
 
 Heavy imports (onnxruntime, fastapi, uvicorn) happen inside the subcommands so `--help` is quick.
 """
@@ -13,12 +13,22 @@ import csv
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from snakeid import __version__
-from snakeid.predict import DEFAULT_MODEL, SYNTHETIC_WARNING, ImageResult, Prediction, Predictor
+from snakeid.decision import HEADLINES, VERDICTS
+from snakeid.predict import (
+    DEFAULT_MODEL,
+    MODEL_ENV,
+    SYNTHETIC_WARNING,
+    ImageResult,
+    Prediction,
+    Predictor,
+    find_model,
+)
 from snakeid.preprocess import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -42,14 +52,30 @@ exit status:
   {EXIT_USAGE}  usage or model error: a bad option, a missing or invalid model or
      metadata, or a folder with no image files in it (nothing is classified)
 
-csv: one row per photo, the top-k in columns (species_1, common_name_1,
-venomous_1, probability_1, species_2, ...), then venomous_probability,
-possibly_venomous, low_confidence, unknown_score, unknown and error. --long:
-one row per (photo, rank) instead, with the same per-photo columns.
+verdict: venomous (a venomous species is the answer), possibly_venomous (a
+species the model does not know, a model that is not sure, or a venomous
+species too likely to rule out) or harmless (confidently one of its harmless
+species); reason says why in plain words. possibly_venomous is verdict !=
+harmless.
 
-unknown: the photo is not one of the species the model knows (its unknown score
-is above the threshold fitted on held-out photos of known species); the closest
-species are still listed, and an unknown snake counts as possibly venomous."""
+csv: one row per photo: path, verdict, reason, the top-k in columns (species_1,
+common_name_1, venomous_1, probability_1, species_2, ...), then
+venomous_probability, possibly_venomous, low_confidence, unknown_score,
+unknown_margin, unknown and error. --long: one row per (photo, rank) instead,
+with the same per-photo columns.
+
+unknown: the photo is not one of the species the model knows: its unknown score
+is above the threshold fitted on held-out photos of known species.
+unknown_margin is the score minus that threshold (above 0: unknown; the
+score's units are the model's own, so compare margins, not raw scores).
+
+files that are not images (by extension) under a folder are listed on stderr
+and counted, never silently skipped. Progress goes to stderr (a bar on a
+terminal, a line every 10 % for 100 photos or more otherwise), and a summary
+of verdicts ends every run.
+
+model: --model, else $SNAKEID_MODEL, else models/model_int8.onnx under the
+working directory, else under the project snakeid was installed from."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -69,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model")
+        p.add_argument(
+            "--model",
+            type=Path,
+            default=None,
+            help=f"ONNX model (default: ${MODEL_ENV}, else {DEFAULT_MODEL} here or in the "
+            "project snakeid was installed from)",
+        )
         p.add_argument(
             "--meta",
             type=Path,
@@ -150,34 +182,90 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _missing_model(path: Path) -> int:
-    return _fail(f"model not found: {path} — run `dvc repro` first to build it, or pass --model")
-
-
 class NoImagesFound(ValueError):
     """A folder given on the command line holds no image file: nothing to classify there."""
 
 
-def iter_image_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; folders expanded recursively to their images, in sorted order.
+def iter_image_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Files as given; folders expanded recursively to their images, in sorted order. Returns
+    the photos and the files under the folders that are not images (by extension).
 
     A folder without any image is an error, not an empty result: it is almost always the wrong
     folder, and an exit status of 0 with no rows would hide that.
     """
     found: list[Path] = []
+    skipped: list[Path] = []
     for path in paths:
         if not path.is_dir():
             found.append(path)  # tried whatever its name; a missing file is reported as a row
             continue
-        images = sorted(
-            (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-            key=Path.as_posix,
-        )
+        files = sorted((p for p in path.rglob("*") if p.is_file()), key=Path.as_posix)
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not images:
             extensions = " ".join(sorted(IMAGE_EXTENSIONS))
             raise NoImagesFound(f"no image files found under {path} (looked for {extensions})")
         found.extend(images)
-    return found
+        skipped.extend(p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    return found, skipped
+
+
+SKIPPED_LISTED = 20  # skipped files named one per line; the rest counted
+
+
+def report_skipped(skipped: Sequence[Path], err: TextIO) -> None:
+    """Name the files that are not images on `err`, with their count."""
+    if not skipped:
+        return
+    extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+    print(
+        f"snakeid: skipped {len(skipped)} file(s) that are not images (not {extensions}):",
+        file=err,
+    )
+    for path in skipped[:SKIPPED_LISTED]:
+        print(f"  {path}", file=err)
+    if len(skipped) > SKIPPED_LISTED:
+        print(f"  ... and {len(skipped) - SKIPPED_LISTED} more", file=err)
+
+
+class BatchProgress:
+    """Photos done, on `err`: a bar redrawn in place on a terminal; otherwise, for `LARGE`
+    photos or more, a line at every tenth. Torch-free (no tqdm): serving installs lack it."""
+
+    LARGE = 100
+
+    def __init__(self, total: int, err: TextIO) -> None:
+        self.total, self.err, self.done = total, err, 0
+        self.bar = err.isatty()
+        self.lines = not self.bar and total >= self.LARGE
+        self._next_tenth = 1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar:
+            filled = int(30 * self.done / self.total)
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\rsnakeid: [{bar}] {self.done}/{self.total} photos", end="", file=self.err)
+            self.err.flush()
+        elif self.lines:
+            while self.done * 10 >= self._next_tenth * self.total and self._next_tenth <= 10:
+                print(
+                    f"snakeid: {self.done} of {self.total} photos "
+                    f"({100 * self.done // self.total}%)",
+                    file=self.err,
+                )
+                self._next_tenth += 1
+
+    def close(self) -> None:
+        if self.bar and self.done:
+            print("\r" + " " * 60 + "\r", end="", file=self.err)  # the summary replaces it
+
+
+def summary(verdicts: Counter[str], n_bad: int, code: int) -> str:
+    """The closing line: photos, verdict counts, failures, exit status."""
+    n_ok = sum(verdicts.values())
+    counts = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
+    failed = f"; {n_bad} failed" if n_bad else ""
+    return f"snakeid: classified {n_ok} of {n_ok + n_bad} photos ({counts}){failed} (exit {code})"
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
@@ -189,13 +277,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     setup_logging(logging.WARNING)  # stdout is for results
     if args.long and args.format != "csv":
         return _fail(f"--long applies to --format csv only, not --format {args.format}")
-    if not args.model.is_file():
-        return _missing_model(args.model)
     set_pixel_limit(args.max_pixels)
     try:
-        paths = iter_image_paths(args.paths)
+        model = find_model(args.model)
+        paths, skipped = iter_image_paths(args.paths)
         predictor = Predictor(
-            args.model,
+            model,
             args.meta,
             threads=args.threads,
             batch_size=args.batch_size,
@@ -203,15 +290,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             venomous_threshold=args.venomous_threshold,
         )
         top_k = predictor.check_top_k(args.top_k)
-    except ValueError as e:  # bad metadata or flags, or an empty folder: one line, no traceback
+    except (FileNotFoundError, ValueError) as e:  # bad model, metadata, flags or folder
         return _fail(str(e))
     if predictor.meta.synthetic:
         print(f"snakeid: warning: {SYNTHETIC_WARNING}", file=sys.stderr)
+    report_skipped(skipped, sys.stderr)
     writer = make_writer(
         args.format, long=args.long, out=sys.stdout, predictor=predictor, paths=paths, top_k=top_k
     )
     spec = predictor.meta.preprocess
-    n_ok = n_bad = 0
+    verdicts: Counter[str] = Counter()
+    n_bad = 0
+    progress = BatchProgress(len(paths), sys.stderr)
     # Chunk by batch size: one ONNX call per chunk, results printed as each chunk finishes, and
     # only preprocessed (small) arrays are held, never a batch of full-size photos.
     for chunk in _chunks(paths, predictor.batch_size):
@@ -226,17 +316,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path in chunk:  # counted per row written: a path given twice is two photos
             if path in results:
                 writer.result(path, results[path])
-                n_ok += 1
+                verdicts[results[path].verdict] += 1
             else:
                 writer.error(path, errors[path])
                 n_bad += 1
         sys.stdout.flush()
+        progress.update(len(chunk))
+    progress.close()
     code = EXIT_SOME_FAILED if n_bad else EXIT_OK
-    failed = f"; {n_bad} failed" if n_bad else ""
-    print(
-        f"snakeid: classified {n_ok} of {n_ok + n_bad} photos{failed} (exit {code})",
-        file=sys.stderr,
-    )
+    print(summary(verdicts, n_bad, code), file=sys.stderr)
     return code
 
 
@@ -266,7 +354,8 @@ def make_writer(
 
 
 class TableWriter:
-    """Aligned columns; widths are known up front (all paths and species), so rows can stream."""
+    """Aligned columns; widths are known up front (all paths and species), so rows can stream.
+    The model's scope heads the table; under each photo, its verdict and the reason."""
 
     def __init__(self, out: TextIO, predictor: Predictor, paths: Sequence[Path]) -> None:
         self.out = out
@@ -274,7 +363,8 @@ class TableWriter:
         self.sw = max(len(s.name) for s in predictor.species)
         self.cw = max(len("COMMON NAME"), *(len(s.common) for s in predictor.species))
         self.message = predictor.unknown_message
-        self._line("PATH", "#", "SPECIES", "COMMON NAME", "PROB", "VENOMOUS", "UNKNOWN_SCORE")
+        print(f"# the model {predictor.scope}", file=out)
+        self._line("PATH", "#", "SPECIES", "COMMON NAME", "PROB", "VENOMOUS", "UNKNOWN MARGIN")
 
     def _line(
         self, path: str, rank: str, species: str, common: str, prob: str, venom: str, score: str
@@ -283,7 +373,7 @@ class TableWriter:
         print(f"{cells}  {prob:>6}  {venom:<8}  {score}".rstrip(), file=self.out)
 
     def _note(self, text: str) -> None:
-        print(f"{'':<{self.pw}}  {'':>2}  ! {text}", file=self.out)
+        print(f"{'':<{self.pw}}  {'':>2}  {text}", file=self.out)
 
     def result(self, path: Path, r: ImageResult) -> None:
         for rank, p in enumerate(r.predictions, 1):
@@ -294,16 +384,11 @@ class TableWriter:
                 p.common_name,
                 f"{100 * p.probability:.1f}%",
                 "VENOMOUS" if p.venomous else "",
-                f"{r.unknown_score:.3f}" + (" UNKNOWN" if r.unknown else "") if rank == 1 else "",
+                f"{r.unknown_margin:+.2f}" + (" UNKNOWN" if r.unknown else "") if rank == 1 else "",
             )
+        self._note(f"=> {HEADLINES[r.verdict]}: {r.reason}")
         if r.unknown:
-            self._note(f"{self.message}: the species above are only the closest ones")
-        if r.possibly_venomous:
-            self._note(
-                f"possibly venomous: {100 * r.venomous_probability:.0f}% on venomous species"
-            )
-        if r.low_confidence:
-            self._note("low confidence: not sure — treat it as venomous and keep away")
+            self._note(f"! {self.message}: the species above are only the closest ones")
 
     def error(self, path: Path, message: str) -> None:
         print(f"{str(path):<{self.pw}}  {'-':>2}  error: {message}", file=self.out)
@@ -327,22 +412,29 @@ class JsonWriter:
         self._write(path, {**r.to_dict(), "error": None})
 
     def error(self, path: Path, message: str) -> None:
-        empty = {
-            "predictions": [],
-            "low_confidence": None,
-            "possibly_venomous": None,
-            "venomous_probability": None,
-            "unknown_score": None,
-            "unknown": None,
-        }
+        empty = {k: None for k in PHOTO_FIELDS} | {"predictions": []}
         self._write(path, {**empty, "error": message})
 
 
+# The per-photo fields of `ImageResult.to_dict` but the predictions: verdict and reason lead
+# the CSV row, the rest follow the top-k.
+PHOTO_FIELDS = (
+    "verdict",
+    "reason",
+    "low_confidence",
+    "possibly_venomous",
+    "venomous_probability",
+    "unknown_score",
+    "unknown_margin",
+    "unknown",
+)
+LEAD_COLUMNS = ("verdict", "reason")
 PHOTO_COLUMNS = (
     "venomous_probability",
     "possibly_venomous",
     "low_confidence",
     "unknown_score",
+    "unknown_margin",
     "unknown",
 )
 RANK_COLUMNS = ("species", "common_name", "venomous", "probability")
@@ -359,6 +451,7 @@ def _photo_cells(r: ImageResult) -> list[str]:
         _bool(r.possibly_venomous),
         _bool(r.low_confidence),
         f"{r.unknown_score:.6f}",
+        f"{r.unknown_margin:.6f}",
         _bool(r.unknown),
     ]
 
@@ -369,18 +462,19 @@ def _rank_cells(p: Prediction) -> list[str]:
 
 
 class CsvWriter:
-    """One row per photo: path, the top-k in columns (species_1, ..., probability_k), the
-    per-photo decisions, then `error` (empty unless the photo failed, when only it is set)."""
+    """One row per photo: path, verdict, reason, the top-k in columns (species_1, ...,
+    probability_k), the per-photo decisions, then `error` (empty unless the photo failed, when
+    only it is set)."""
 
     def __init__(self, out: TextIO, top_k: int) -> None:
         self.writer = csv.writer(out, lineterminator="\n")
         ranked = [f"{c}_{rank}" for rank in range(1, top_k + 1) for c in RANK_COLUMNS]
-        self.header = ["path", *ranked, *PHOTO_COLUMNS, "error"]
+        self.header = ["path", *LEAD_COLUMNS, *ranked, *PHOTO_COLUMNS, "error"]
         self.writer.writerow(self.header)
 
     def result(self, path: Path, r: ImageResult) -> None:
         ranked = [cell for p in r.predictions for cell in _rank_cells(p)]
-        self.writer.writerow([path, *ranked, *_photo_cells(r), ""])
+        self.writer.writerow([path, r.verdict, r.reason, *ranked, *_photo_cells(r), ""])
 
     def error(self, path: Path, message: str) -> None:
         self.writer.writerow([path, *[""] * (len(self.header) - 2), message])
@@ -390,7 +484,7 @@ class LongCsvWriter:
     """`--long`: one row per (photo, rank), each repeating the photo's decisions; a failed photo
     is one row with only `path` and `error`."""
 
-    HEADER = ("path", "rank", *RANK_COLUMNS, *PHOTO_COLUMNS, "error")
+    HEADER = ("path", *LEAD_COLUMNS, "rank", *RANK_COLUMNS, *PHOTO_COLUMNS, "error")
 
     def __init__(self, out: TextIO) -> None:
         self.writer = csv.writer(out, lineterminator="\n")
@@ -398,7 +492,8 @@ class LongCsvWriter:
 
     def result(self, path: Path, r: ImageResult) -> None:
         for rank, p in enumerate(r.predictions, 1):
-            self.writer.writerow([path, rank, *_rank_cells(p), *_photo_cells(r), ""])
+            row = [path, r.verdict, r.reason, rank, *_rank_cells(p), *_photo_cells(r), ""]
+            self.writer.writerow(row)
 
     def error(self, path: Path, message: str) -> None:
         self.writer.writerow([path, *[""] * (len(self.HEADER) - 2), message])
@@ -406,15 +501,17 @@ class LongCsvWriter:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(getattr(logging, args.log_level.upper()))
-    if not args.model.is_file():
-        return _missing_model(args.model)
+    try:
+        model = find_model(args.model)
+    except FileNotFoundError as e:
+        return _fail(str(e))
     import uvicorn
 
     from snakeid.serve import create_app
 
     try:
         app = create_app(
-            args.model,
+            model,
             args.meta,
             top_k=args.top_k,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),

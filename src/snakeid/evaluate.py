@@ -14,8 +14,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from snakeid.calibration import (
-    flagged_unknown,
-    possibly_venomous,
     softmax,
     tradeoff_point,
     venomous_probability,
@@ -24,6 +22,7 @@ from snakeid.calibration import (
 )
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
+from snakeid.decision import CAUSES, HARMLESS, VERDICTS, causes, flagged_unknown, verdicts
 from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
 from snakeid.openset import open_set_rates
@@ -53,13 +52,19 @@ HEADLINE = (
     "venomous_to_harmless_rate",
 )
 RULE_HEADLINE = ("venomous_missed_rate", "harmless_flagged_rate")
+VERDICT_HEADLINE = (
+    "harmless_no_warning_rate",
+    "venomous_no_warning_rate",
+    "unknown_venomous_no_warning_rate",
+)
 OPENSET_HEADLINE = ("auroc", "unknown_flagged_rate", "known_flagged_rate", "dangerous_rate")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of an evaluation's metrics."""
-    rule, openset = metrics["venomous_rule"], metrics["openset"]
+    rule, openset, verdict = metrics["venomous_rule"], metrics["openset"], metrics["verdicts"]
     return {k: metrics[k] for k in HEADLINE} | {
+        "verdicts": {k: verdict[k] for k in VERDICT_HEADLINE},
         "venomous_rule": {k: rule[k] for k in RULE_HEADLINE},
         "openset": {k: openset[k] for k in OPENSET_HEADLINE},
     }
@@ -81,6 +86,7 @@ class Evaluation:
     labels: np.ndarray  # (N,)
     unknown_scores: np.ndarray  # (N,) the unknown-species score
     unknown_threshold: float  # flagged "unknown" above it
+    causes: np.ndarray  # (N,) why each photo got its verdict (`snakeid.decision.causes`)
 
 
 def predict_scores(
@@ -151,6 +157,7 @@ def evaluate(
         np.asarray(venomous)[y],
         calibration["venomous_threshold"],
     )
+    cause = verdict_causes(probs, scores, species, calibration, unknown_threshold)
     intervals = bootstrap_intervals(y, probs.argmax(1), labels, resamples=cfg.bootstrap, seed=seed)
     per_species = report.pop("per_species")
     n_test = report.pop("n")
@@ -160,6 +167,8 @@ def evaluate(
         "n_test": n_test,
         "temperature": t,
         "ece_uncalibrated": expected_calibration_error(y, raw, cfg.ece_bins),
+        # what a person is told (`snakeid.decision`), by the photo's true kind
+        "verdicts": _verdict_report(cause, np.asarray(venomous)[y]),
         # "possibly venomous" rule: flagged when P(any venomous species) ≥ threshold
         "venomous_rule": rule,
         "n_excluded_untrained_species": sum(excluded.values()),
@@ -173,11 +182,47 @@ def evaluate(
             species,
             unknown_species,
             threshold=unknown_threshold,
-            venomous_threshold=calibration["venomous_threshold"],
+            calibration=calibration,
         ),
         "per_species": per_species,
     }
-    return Evaluation(metrics, kept, probs, y, scores, unknown_threshold)
+    metrics["verdicts"]["unknown_venomous_no_warning_rate"] = metrics["openset"].pop(
+        "unknown_venomous_no_warning_rate"
+    )
+    return Evaluation(metrics, kept, probs, y, scores, unknown_threshold, cause)
+
+
+def verdict_causes(
+    probs: np.ndarray,
+    scores: np.ndarray,
+    species: Sequence[Species],
+    calibration: dict[str, Any],
+    unknown_threshold: float,
+) -> np.ndarray:
+    """Each photo's verdict cause (`snakeid.decision.causes`) as `snakeid predict` decides it,
+    from calibrated probabilities, unknown-species scores and the thresholds in `calibration`
+    (the checkpoint's, or `model_meta.json`'s `decision`)."""
+    return causes(
+        probs,
+        [s.venomous for s in species],
+        flagged_unknown(scores, unknown_threshold),
+        venomous_threshold=calibration["venomous_threshold"],
+        low_confidence_threshold=calibration["low_confidence_threshold"],
+    )
+
+
+def _verdict_report(cause: np.ndarray, is_venomous: np.ndarray) -> dict[str, Any]:
+    """Verdicts and their causes by the photos' true kind, and the share of each kind told
+    `harmless` (no warning of any kind)."""
+    verdict = verdicts(cause)
+    out: dict[str, Any] = {}
+    for kind, mask in (("venomous", is_venomous), ("harmless", ~is_venomous)):
+        n = int(mask.sum())
+        passed = float((verdict[mask] == HARMLESS).sum() / n) if n else None
+        out[f"{kind}_no_warning_rate"] = passed
+        out[f"{kind}_photos"] = {v: int((verdict[mask] == v).sum()) for v in VERDICTS}
+        out[f"{kind}_causes"] = {c: int((cause[mask] == c).sum()) for c in CAUSES}
+    return out
 
 
 def _openset(
@@ -188,10 +233,11 @@ def _openset(
     unknown_species: Sequence[Species],
     *,
     threshold: float,
-    venomous_threshold: float,
+    calibration: dict[str, Any],
 ) -> dict[str, Any]:
     """The unknown-species flag on known test photos and on photos of held-out species
-    (`snakeid.openset.open_set_rates`), and the share flagged of each held-out species."""
+    (`snakeid.openset.open_set_rates`), the share flagged of each held-out species, and the
+    share of held-out venomous photos told `harmless` (None without any)."""
     out: dict[str, Any] = {
         "threshold": threshold,
         "n_known": len(known_scores),
@@ -222,10 +268,18 @@ def _openset(
         threshold,
         top1_harmless=~known_venomous[probs.argmax(1)],
         p_venomous=venomous_probability(probs, known_venomous),
-        venomous_threshold=venomous_threshold,
+        venomous_threshold=calibration["venomous_threshold"],
         venomous=is_venomous,
     )
-    return out | rates | {"n_unknown_venomous": int(is_venomous.sum()), "per_unknown_species": per}
+    told = verdicts(verdict_causes(probs, scores, species, calibration, threshold))
+    n_v = int(is_venomous.sum())
+    passed = float((told[is_venomous] == HARMLESS).sum() / n_v) if n_v else None
+    return (
+        out
+        | rates
+        | {"n_unknown_venomous": n_v, "per_unknown_species": per}
+        | {"unknown_venomous_no_warning_rate": passed}
+    )
 
 
 def evaluable(
@@ -238,17 +292,17 @@ def evaluable(
 
 
 def prediction_rows(
-    ev: Evaluation, species: Sequence[Species], *, venomous_threshold: float, k: int = 3
+    ev: Evaluation, species: Sequence[Species], *, k: int = 3
 ) -> list[dict[str, Any]]:
-    """One row per test photo: truth, prediction, the unknown-species flag, the "possibly
-    venomous" rule at `venomous_threshold` (an unknown snake counts as possibly venomous, as
-    `snakeid predict` says) and the top-k with probabilities."""
+    """One row per test photo: truth, prediction, the verdict and its cause as `snakeid predict`
+    decides them (`possibly_venomous`: any verdict but harmless), the unknown-species flag and
+    the top-k with probabilities."""
     p_venomous = venomous_probability(ev.probs, [s.venomous for s in species])
     unknown = flagged_unknown(ev.unknown_scores, ev.unknown_threshold)
-    possibly = possibly_venomous(p_venomous, venomous_threshold, unknown)
+    verdict = verdicts(ev.causes)
     out = []
     for i, (row, p, y, pv) in enumerate(zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True)):
-        top = np.argsort(-p)[:k]
+        top = np.argsort(-p, kind="stable")[:k]
         rec: dict[str, Any] = {
             "path": row["path"],
             "photo_id": row["photo_id"],
@@ -258,8 +312,10 @@ def prediction_rows(
             "correct": int(top[0] == y),
             "actual_venomous": int(species[y].venomous),
             "predicted_venomous": int(species[top[0]].venomous),
+            "verdict": verdict[i],
+            "cause": str(ev.causes[i]),
             "venomous_probability": round(float(pv), 6),
-            "possibly_venomous": int(possibly[i]),
+            "possibly_venomous": int(verdict[i] != HARMLESS),
             "unknown_score": round(float(ev.unknown_scores[i]), 6),
             "unknown": int(unknown[i]),
         }

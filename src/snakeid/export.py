@@ -34,7 +34,9 @@ class ExportConfig:
     opset: int = field(default=17, metadata=spec(ge=13, le=21))
     max_abs_diff: float = field(default=1e-3, metadata=spec(gt=0.0))
     parity_images: int = field(default=64, metadata=spec(ge=1))
-    low_confidence_threshold: float = field(default=0.5, metadata=spec(ge=0.0, le=1.0))
+    # Where the species live, e.g. "the Philippines", when the species file does not say it
+    # (its top-level `region`); shown by predict, the page and the model card.
+    region: str | None = None
 
 
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int) -> None:
@@ -150,10 +152,23 @@ def check_parity(result: dict[str, Any], cfg: ExportConfig) -> None:
         )
 
 
+def model_region(from_species_file: str | None, cfg: ExportConfig) -> str | None:
+    """The region the model covers: the species file's or `export_onnx.region`; both set and
+    different is an error."""
+    given = cfg.region.strip() if cfg.region else None
+    if from_species_file and given and from_species_file != given:
+        raise UserError(
+            f"the species file says region {from_species_file!r} but export_onnx.region is "
+            f"{given!r}: state it in one place"
+        )
+    return from_species_file or given
+
+
 def model_meta(
     ckpt: Checkpoint,
     cfg: ExportConfig,
     *,
+    region: str | None,
     unknown_score: dict[str, Any],
     data: dict[str, Any],
     evaluation: dict[str, Any],
@@ -168,6 +183,8 @@ def model_meta(
             {"name": s["name"], "common": s["common"], "venomous": s["venomous"]}
             for s in ckpt.species
         ],
+        # where those species live (None: not stated); a snake from elsewhere may be none of them
+        "region": region,
         "preprocess": ckpt.preprocess,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
@@ -189,7 +206,7 @@ def model_meta(
         "params_digest": sha256_json(ckpt.params),
         "created_by": f"snakeid {__version__}",
         "decision": {
-            "low_confidence_threshold": cfg.low_confidence_threshold,
+            "low_confidence_threshold": ckpt.low_confidence_threshold,
             # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
             "venomous_threshold": ckpt.venomous_threshold,
             # fitted on held-out photos of known species: "not one of the species this model

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from snakeid.calibration import flagged_unknown, possibly_venomous
+from snakeid.decision import flagged_unknown, venomous_or_unknown
 from snakeid.errors import UserError
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class Combined:
 
 def fit_threshold(known_scores: np.ndarray, pass_rate: float = 0.95) -> float:
     """Smallest threshold t with at least `pass_rate` of `known_scores` ≤ t (the flag,
-    `calibration.flagged_unknown`, is score > t)."""
+    `decision.flagged_unknown`, is score > t)."""
     s = np.sort(np.asarray(known_scores, dtype=np.float64))
     if not 0.0 < pass_rate <= 1.0 or len(s) == 0:
         raise ValueError(f"need known scores and 0 < pass_rate ≤ 1, got {len(s)}, {pass_rate}")
@@ -353,15 +353,16 @@ def open_set_rates(
 
     `dangerous_rate`: of the unknown venomous photos, the share whose top-1 is a known harmless
     species and which are not flagged unknown, i.e. what a user would read as "harmless".
-    `unknown_venomous_caught_rate`: the share flagged unknown or possibly venomous (an unknown
-    snake counts as possibly venomous). Rates without photos to judge them on are None.
+    `unknown_venomous_caught_rate`: the share flagged unknown or over the venomous threshold
+    (`decision.venomous_or_unknown`; the verdict warns on at least these). Rates without photos
+    to judge them on are None.
     """
     known_flagged = float(flagged_unknown(known_scores, threshold).mean())
     if len(unknown_scores) == 0:
         judged = ("auroc", "unknown_flagged_rate", "dangerous_rate", "unknown_venomous_caught_rate")
         return dict.fromkeys(judged) | {"known_flagged_rate": known_flagged}
     flagged = flagged_unknown(unknown_scores, threshold)
-    alert = possibly_venomous(p_venomous, venomous_threshold, flagged)
+    alert = venomous_or_unknown(p_venomous, venomous_threshold, flagged)
     venomous = np.asarray(venomous, dtype=bool)
     n_v = int(venomous.sum())
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.calibration import (
-    flagged_unknown,
-    possibly_venomous,
-    softmax,
-    venomous_probability,
-)
+from snakeid.calibration import softmax, venomous_probability
+from snakeid.decision import HARMLESS, causes, flagged_unknown, reason, scope, verdicts
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
@@ -30,13 +27,17 @@ from snakeid.utils import sha256_file
 _logger = logging.getLogger(__name__)
 
 META_FORMAT = "snakeid-model/2"  # 2: the unknown-species score (output and threshold)
+# (`region`, added later, is optional: a model without it reads as "region not stated")
 META_FILENAME = "model_meta.json"
 SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
 # Said by `snakeid predict` (stderr) and the service page whenever the model is synthetic.
 SYNTHETIC_WARNING = (
     "this model was trained on synthetic demo photos; it does not identify real snakes"
 )
-DEFAULT_MODEL = Path("models/model_int8.onnx")
+DEFAULT_MODEL = Path("models/model_int8.onnx")  # relative to the working directory or the project
+MODEL_ENV = "SNAKEID_MODEL"  # the model to use when --model is not given
+# The project an editable install runs from (src/snakeid/ is two levels below it).
+PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_LOW_CONFIDENCE = 0.5  # top-1 probability under this -> low_confidence
 DEFAULT_VENOMOUS_THRESHOLD = 0.5  # summed venomous probability at or over this -> possibly_venomous
 
@@ -63,6 +64,8 @@ class ModelMeta:
     venomous_threshold: float | None = None
     # where the training photos came from: "demo-synthetic" | "folder" | "inat" (data.source)
     data_source: str | None = None
+    # where the species it knows live, e.g. "the Philippines" (the species file's `region`)
+    region: str | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -125,6 +128,9 @@ class ModelMeta:
             raise ModelMetaError(
                 f"{source}: decision.unknown_threshold must be a number, got {unknown_threshold!r}"
             )
+        region = raw.get("region")
+        if region is not None and (not isinstance(region, str) or not region.strip()):
+            raise ModelMetaError(f"{source}: 'region' must be a non-empty string or null")
         data = raw.get("data") or {}
         if not isinstance(data, Mapping) or not isinstance(data.get("source", ""), str):
             raise ModelMetaError(f"{source}: 'data' must be an object with a string 'source'")
@@ -140,6 +146,7 @@ class ModelMeta:
             params_digest=raw.get("params_digest"),
             created_by=raw.get("created_by"),
             data_source=data.get("source"),
+            region=region,
             **thresholds,
         )
 
@@ -148,6 +155,26 @@ def _check_probability(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{what}: expected a probability in [0, 1], got {value!r}")
     return float(value)
+
+
+def find_model(explicit: str | Path | None = None) -> Path:
+    """The model to load: `explicit` (`--model`), else `$SNAKEID_MODEL`, else `DEFAULT_MODEL`
+    under the working directory, else under the project this package was installed from (an
+    editable install: `src/snakeid/` two levels below it). The error names every path tried."""
+    if explicit is not None or os.environ.get(MODEL_ENV):
+        path = Path(explicit if explicit is not None else os.environ[MODEL_ENV])
+        given = "--model" if explicit is not None else f"${MODEL_ENV}"
+        if not path.is_file():
+            raise FileNotFoundError(f"model not found: {path} (from {given})")
+        return path
+    tried = list(dict.fromkeys([DEFAULT_MODEL.absolute(), PROJECT / DEFAULT_MODEL]))
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"model not found: tried {', '.join(map(str, tried))} — run `make repro` in the project "
+        f"to build it, or pass --model or set ${MODEL_ENV}"
+    )
 
 
 def default_meta_path(model_path: str | Path) -> Path:
@@ -188,21 +215,32 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ImageResult:
+    # what a person acts on (`snakeid.decision`): venomous | possibly_venomous | harmless
+    verdict: str
+    reason: str  # why, in plain words
     predictions: tuple[Prediction, ...]  # top-k, most probable first: the closest species
     low_confidence: bool  # top-1 probability under the threshold
-    # summed probability of venomous species at or over the threshold, or an unknown species
-    possibly_venomous: bool
-    venomous_probability: float
+    venomous_probability: float  # summed probability of the venomous species
     unknown_score: float  # higher = less likely one of the model's species
+    # unknown_score minus the model's threshold: above 0, flagged unknown
+    unknown_margin: float
     unknown: bool  # the score is above the threshold: not one of the species the model knows
+
+    @property
+    def possibly_venomous(self) -> bool:
+        """Any verdict but harmless: the flag scripts filter on."""
+        return self.verdict != HARMLESS
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "verdict": self.verdict,
+            "reason": self.reason,
             "predictions": [p.to_dict() for p in self.predictions],
             "low_confidence": self.low_confidence,
             "possibly_venomous": self.possibly_venomous,
             "venomous_probability": self.venomous_probability,
             "unknown_score": self.unknown_score,
+            "unknown_margin": self.unknown_margin,
             "unknown": self.unknown,
         }
 
@@ -290,6 +328,11 @@ class Predictor:
         """What the CLI, the API and the page say of a photo flagged unknown."""
         return f"Not one of the {len(self.species)} species this model knows"
 
+    @property
+    def scope(self) -> str:
+        """What the model knows, with its region: "knows 14 snake species of ...; ..."."""
+        return scope(len(self.species), self.meta.region)
+
     def info(self) -> dict[str, Any]:
         """What a response says about the model that produced it."""
         return {
@@ -298,6 +341,8 @@ class Predictor:
             "backbone": self.meta.backbone,
             "image_size": self.meta.preprocess.crop,
             "n_species": len(self.species),
+            "region": self.meta.region,
+            "scope": self.scope,
             "params_digest": self.meta.params_digest,
             "created_by": self.meta.created_by,
             "low_confidence_threshold": self.low_confidence,
@@ -341,7 +386,8 @@ class Predictor:
         return results
 
     def summarise(self, probs: np.ndarray, unknown_score: float, top_k: int) -> ImageResult:
-        """One row of probabilities and its unknown score -> top-k predictions and the flags."""
+        """One row of probabilities and its unknown score -> top-k predictions, the flags and the
+        verdict."""
         order = np.argsort(-probs, kind="stable")[:top_k]
         predictions = tuple(
             Prediction(
@@ -355,12 +401,24 @@ class Predictor:
         # The same rule `evaluate` reports on test: summed probability of the venomous species.
         venomous_p = float(venomous_probability(probs[None, :], self._venomous)[0])  # (1, C)
         unknown = bool(flagged_unknown(unknown_score, self.meta.unknown_threshold))
+        low_confidence = predictions[0].probability < self.low_confidence
+        cause = causes(
+            probs[None, :],
+            self._venomous,
+            np.array([unknown]),
+            venomous_threshold=self.venomous_threshold,
+            low_confidence_threshold=self.low_confidence,
+        )[0]
         return ImageResult(
+            verdict=str(verdicts([cause])[0]),
+            reason=reason(
+                cause, probs, self.species, region=self.meta.region, low_confidence=low_confidence
+            ),
             predictions=predictions,
-            low_confidence=predictions[0].probability < self.low_confidence,
-            possibly_venomous=bool(possibly_venomous(venomous_p, self.venomous_threshold, unknown)),
+            low_confidence=low_confidence,
             venomous_probability=venomous_p,
             unknown_score=unknown_score,
+            unknown_margin=unknown_score - self.meta.unknown_threshold,
             unknown=unknown,
         )
 

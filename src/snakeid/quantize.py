@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from snakeid.calibration import flagged_unknown, softmax
+from snakeid.calibration import softmax
 from snakeid.config import spec
+from snakeid.decision import flagged_unknown
 from snakeid.errors import UserError
 from snakeid.export import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME
 

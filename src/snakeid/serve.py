@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snakeid import __version__
+from snakeid.decision import HEADLINES
 from snakeid.predict import SYNTHETIC_WARNING, Predictor
 from snakeid.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -53,11 +54,15 @@ class PredictionOut(BaseModel):
 
 
 class PredictOut(BaseModel):
+    verdict: str  # venomous | possibly_venomous | harmless (snakeid.decision)
+    headline: str  # what a person is told first, for the verdict
+    reason: str  # why, in plain words
     predictions: list[PredictionOut]  # the closest species, most probable first
     low_confidence: bool
-    possibly_venomous: bool  # venomous probability at or over its threshold, or unknown
+    possibly_venomous: bool  # verdict != "harmless"
     venomous_probability: float
     unknown_score: float  # higher = less likely one of the model's species
+    unknown_margin: float  # unknown_score minus the model's threshold: above 0, unknown
     unknown: bool  # not one of the species this model knows
     message: str | None  # "Not one of the N species this model knows" when unknown
     model: dict[str, Any]
@@ -71,6 +76,8 @@ class SpeciesOut(BaseModel):
 
 class SpeciesListOut(BaseModel):
     count: int
+    region: str | None  # where the species live, from the species file (null: not stated)
+    scope: str  # "knows N snake species of <region>; ..." in plain words
     species: list[SpeciesOut]
 
 
@@ -215,7 +222,12 @@ def _add_info_routes(app: FastAPI, predictor: Predictor, page: str) -> None:
             {"species": s.name, "common_name": s.common, "venomous": s.venomous}
             for s in predictor.species
         ]
-        return {"count": len(items), "species": items}
+        return {
+            "count": len(items),
+            "region": predictor.meta.region,
+            "scope": predictor.scope,
+            "species": items,
+        }
 
 
 PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -263,4 +275,9 @@ def _add_predict_route(
             result.predictions[0].probability,
         )
         message = predictor.unknown_message if result.unknown else None
-        return {**result.to_dict(), "message": message, "model": predictor.info()}
+        return {
+            **result.to_dict(),
+            "headline": HEADLINES[result.verdict],
+            "message": message,
+            "model": predictor.info(),
+        }

@@ -18,7 +18,7 @@ import yaml
 
 from snakeid.config import BaseConfig, ParamsError, base_config, load_params
 from snakeid.errors import UserError
-from snakeid.taxa import Species, SpeciesFileError, load_species
+from snakeid.taxa import Species, SpeciesFileError, read_species_file
 from snakeid.utils import setup_logging
 
 USAGE_ERROR_EXIT = 2  # the code argparse uses for a bad command line
@@ -41,12 +41,14 @@ class StageInputs:
     params: dict[str, Any]
     base: BaseConfig
     species: list[Species]
+    region: str | None  # the species file's `region`, if it states one
 
 
 def stage_inputs(params_path: Path) -> StageInputs:
     params = load_params(params_path)
     base = base_config(params)
-    return StageInputs(params, base, load_species(base.species_file))
+    species, region = read_species_file(base.species_file)
+    return StageInputs(params, base, species, region)
 
 
 def run_stage(main: Callable[[], object]) -> NoReturn:

@@ -38,8 +38,29 @@ def species_slug(name: str) -> str:
 
 def load_species(path: str | Path) -> list[Species]:
     """Read and validate the species file; order is the model's class order."""
+    return read_species_file(path)[0]
+
+
+def read_species_file(path: str | Path) -> tuple[list[Species], str | None]:
+    """The species file: a list of species, or a mapping with that list under `species` and
+    the region they live in under `region` (e.g. "the Philippines"; None when not stated)."""
     with open(path) as f:
         raw = yaml.safe_load(f)
+    region = None
+    if isinstance(raw, dict):
+        if unknown := sorted(set(raw) - {"region", "species"}):
+            raise SpeciesFileError(
+                f"{path}: unknown top-level key {unknown[0]!r} (expected 'region' and 'species')"
+            )
+        region = raw.get("region")
+        if region is not None and (not isinstance(region, str) or not region.strip()):
+            raise SpeciesFileError(f"{path}: 'region' must be a non-empty string, got {region!r}")
+        region = region.strip() if region else None
+        raw = raw.get("species")
+    return _species_list(path, raw), region
+
+
+def _species_list(path: str | Path, raw: Any) -> list[Species]:
     if not isinstance(raw, list) or not raw:
         raise SpeciesFileError(f"{path}: expected a non-empty list of species")
     species, seen = [], set()

@@ -91,6 +91,8 @@ class FinetuneConfig:
     # "Possibly venomous" when the calibrated P(any venomous species) ≥ 1 / (1 + this): what
     # missing a venomous snake costs against a needless warning (a Bayes decision). At least 1.
     venomous_cost_ratio: float = field(default=49.0, metadata=spec(ge=1.0))
+    # "The model is not sure" (so never `harmless`) when the top-1 probability is under this.
+    low_confidence_threshold: float = field(default=0.5, metadata=spec(ge=0.0, le=1.0))
     # "Not one of the species this model knows" above an unknown-species score threshold chosen
     # on the same held-out photos so that this share of them (all of known species) pass.
     known_pass_rate: float = field(default=0.95, metadata=spec(gt=0.0, le=1.0))
