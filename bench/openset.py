@@ -74,7 +74,13 @@ from snakeid.calibration import (  # noqa: E402
     venomous_probability,
 )
 from snakeid.config import to_dict  # noqa: E402
-from snakeid.decision import flagged_unknown, venomous_or_unknown  # noqa: E402
+from snakeid.decision import (  # noqa: E402
+    HARMLESS,
+    causes,
+    flagged_unknown,
+    venomous_or_unknown,
+    verdicts,
+)
 from snakeid.metrics import macro_f1  # noqa: E402
 from snakeid.openset import (  # noqa: E402
     Combined,
@@ -282,11 +288,26 @@ class Decisions:
     venomous_threshold: float  # the venomous rule fires at P(venomous) >= this
     known_harmless: np.ndarray  # (n_test,) the known photo's true species is harmless
     unknown_venomous: np.ndarray  # (M - n_test,) the unknown photo's species is venomous
+    probs: np.ndarray  # (M, C) calibrated class probabilities
+    venomous: np.ndarray  # (C,) the known species' venom flags
+    low_confidence_threshold: float  # `finetune.low_confidence_threshold`
 
     def report(self, scores: np.ndarray, threshold: float) -> dict[str, float]:
-        """`evaluate`'s open-set rates, and the known harmless photos alerted (flagged unknown
-        OR possibly venomous)."""
+        """`evaluate`'s open-set rates, the known harmless photos alerted (flagged unknown OR
+        possibly venomous), and the shares of each kind of photo told harmless by the verdict
+        `snakeid predict` gives (`snakeid.decision`: no warning of any kind)."""
         n = self.n_test
+        told = verdicts(
+            causes(self.probs, self.venomous, flagged_unknown(scores, threshold),
+                   venomous_threshold=self.venomous_threshold,
+                   low_confidence_threshold=self.low_confidence_threshold)
+        )  # fmt: skip
+        passed = told == HARMLESS
+        no_warning = {
+            "known_harmless_no_warning_rate": float(passed[:n][self.known_harmless].mean()),
+            "known_venomous_no_warning_rate": float(passed[:n][~self.known_harmless].mean()),
+            "unknown_venomous_no_warning_rate": float(passed[n:][self.unknown_venomous].mean()),
+        }
         rates = open_set_rates(
             scores[:n], scores[n:], threshold, top1_harmless=self.top1_harmless[n:],
             p_venomous=self.p_venomous[n:], venomous_threshold=self.venomous_threshold,
@@ -295,7 +316,8 @@ class Decisions:
         alert = venomous_or_unknown(
             self.p_venomous[:n], self.venomous_threshold, flagged_unknown(scores[:n], threshold)
         )
-        return rates | {"known_harmless_alerted_rate": float(alert[self.known_harmless].mean())}
+        alerted = {"known_harmless_alerted_rate": float(alert[self.known_harmless].mean())}
+        return rates | alerted | no_warning
 
     def without_openset(self) -> dict[str, float]:
         """The same rates when nothing is ever flagged unknown."""
@@ -360,6 +382,9 @@ def evaluate_fold(
         venomous_threshold=fitted["venomous_threshold"],
         known_harmless=~venomous[y_known[test]],
         unknown_venomous=photos.venomous[photos.y[unknown]],
+        probs=softmax(logits, t),
+        venomous=venomous,
+        low_confidence_threshold=FinetuneConfig().low_confidence_threshold,
     )
     cal_pv = venomous_probability(softmax(oof[cal], t), venomous)
 
@@ -604,8 +629,15 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
         "calibration photos' venomous ones fall below). Mean over rotations; the lowest "
         "rotation's caught share in brackets.",
         "",
-        "| venomous rule | known_pass_rate | known flagged | caught | alerted | dangerous |",
-        "|---|---|---|---|---|---|",
+        "",
+        "The last three columns are `snakeid predict`'s verdict (`snakeid.decision`: warned when "
+        "flagged unknown, a venomous top-1, low confidence or over the venomous threshold): the "
+        "share of known harmless, known venomous and unknown venomous photos told *harmless*, "
+        "i.e. given no warning of any kind.",
+        "",
+        "| venomous rule | known_pass_rate | known flagged | caught | alerted | dangerous "
+        "| no warning: harmless | venomous | unknown venomous |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in trade_off.values():
         pass_rate = c["known_pass_rate"]
@@ -620,7 +652,11 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
             f"{label} {value:g} | {pass_rate:g} | {100 * mean['known_flagged_rate']:.1f} % "
             f"| {100 * mean['unknown_venomous_caught_rate']:.1f} % ({100 * lowest:.0f} %) "
             f"| {100 * mean['known_harmless_alerted_rate']:.1f} % "
-            f"| {100 * mean['dangerous_rate']:.1f} %"
+            f"| {100 * mean['dangerous_rate']:.1f} % "
+            f"| {100 * mean['known_harmless_no_warning_rate']:.1f} ± "
+            f"{100 * c['sd_rotations']['known_harmless_no_warning_rate']:.1f} % "
+            f"| {100 * mean['known_venomous_no_warning_rate']:.1f} % "
+            f"| {100 * mean['unknown_venomous_no_warning_rate']:.1f} %"
         )
         lines.append(f"| **{row.replace(' | ', '** | **')}** |" if default else f"| {row} |")
     return lines

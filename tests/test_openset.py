@@ -211,7 +211,13 @@ def test_fast_open_set_benchmark_writes_the_table(tmp_path: Path) -> None:
                     for rate in ("known_flagged_rate", "unknown_venomous_caught_rate",
                                  "known_harmless_alerted_rate"):  # fmt: skip
                         assert o[rate] >= m[rate] - 1e-12, (rate, pass_rate, rule, other_pass)
+                    # the verdict warns on at least as many photos: fewer told harmless
+                    for rate in ("known_harmless_no_warning_rate",
+                                 "known_venomous_no_warning_rate",
+                                 "unknown_venomous_no_warning_rate"):  # fmt: skip
+                        assert o[rate] <= m[rate] + 1e-12, (rate, pass_rate, rule, other_pass)
     assert "| venomous rule | known_pass_rate |" in md and "| cost ratio 32 | 0.95 |" in md
+    assert "| no warning: harmless | venomous | unknown venomous |" in md
 
 
 def _photo_folder(root: Path, species: int = 6, per_species: int = 10) -> Path:

@@ -195,15 +195,16 @@ def _unknown_species(
             "mean ± sd over rotations:",
             "",
             "| features | rotations × folds | unknown vs known AUROC | known photos flagged "
-            "| unknown venomous warned | command |",
-            "|---|---|---|---|---|---|",
+            "| known harmless told harmless | unknown venomous told harmless | command |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in evidence:
             m, sd = e["mean"], e["sd_rotations"]
             lines.append(
                 f"| {e['name']} | {e['rotations']} × {e['outer_folds']} | {m['auroc']:.3f} ± "
                 f"{sd['auroc']:.3f} | {m['known_flagged_rate']:.1%} | "
-                f"{m['unknown_venomous_caught_rate']:.1%} | `{e['command']}` |"
+                f"{m['known_harmless_no_warning_rate']:.1%} | "
+                f"{m['unknown_venomous_no_warning_rate']:.1%} | `{e['command']}` |"
             )
         lines.append("")
     return lines
