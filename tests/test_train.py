@@ -208,3 +208,27 @@ def test_tta_flip_with_a_finetune_cut_is_refused(split_dir, tmp_path):
             model, model.cut(1), tmp_path, split_dir=split_dir, species=SPECIES, base=BASE,
             data=DATA, tta_flip=True,
         )  # fmt: skip
+
+
+def test_the_probe_separates_two_species() -> None:
+    """Two classes: scikit-learn fits one row of log-odds, which the probe splits into two
+    (the README's own species file has two species)."""
+    from snakeid.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(-1, 1, (40, 5)), rng.normal(1, 1, (40, 5))].astype(np.float32)
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+    probe = fit_probe(x, y, 2, c=1.0)
+    logits = probe.logits(x)
+    assert (logits.argmax(1) == y).mean() > 0.9
+    # the same decision as scikit-learn's own, as log-odds
+    from sklearn.linear_model import LogisticRegression
+
+    m, s = x.astype(np.float64).mean(0), x.astype(np.float64).std(0) + 1e-6
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit((x - m) / s, y)
+    np.testing.assert_allclose(
+        logits[:, 1] - logits[:, 0], lr.decision_function((x - m) / s), rtol=1e-4, atol=1e-4
+    )
+    # a third, absent class is never predicted
+    three = fit_probe(x, y, 3, c=1.0).logits(x)
+    assert (three.argmax(1) == y).mean() > 0.9 and not (three.argmax(1) == 2).any()

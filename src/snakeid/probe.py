@@ -61,8 +61,11 @@ def fit_probe(
         warnings.simplefilter("error", ConvergenceWarning)  # never ship a half-fitted probe
         lr.fit((x - mean) / std, y)
     w = lr.coef_ / std  # fold the standardisation into the layer
+    b = lr.intercept_ - w @ mean
+    if len(lr.classes_) == 2:  # one row, the log-odds of the second class: split it in two
+        w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
     weight[lr.classes_] = w
-    bias[lr.classes_] = lr.intercept_ - w @ mean
+    bias[lr.classes_] = b
     return Probe(weight.astype(np.float32), bias.astype(np.float32))
 
 
