@@ -109,6 +109,14 @@ CANDIDATES: dict[str, Callable[[np.ndarray, np.ndarray], OpenSetScore]] = {
     "mahalanobis": lambda x, y: Mahalanobis.fit(x, y),
     "mahalanobis_l2": lambda x, y: Mahalanobis.fit(x, y, l2=True),
     "relative_mahalanobis_l2": lambda x, y: Mahalanobis.fit(x, y, l2=True, relative=True),
+    # L2-normalised, the covariances (Ledoit-Wolf shrunk) kept to their leading r directions,
+    # the rest sharing one variance (probabilistic PCA): relative Mahalanobis in a PCA space
+    "relative_mahalanobis_l2_pca64": lambda x, y: Mahalanobis.fit(
+        x, y, l2=True, relative=True, rank=64
+    ),
+    "relative_mahalanobis_l2_pca256": lambda x, y: Mahalanobis.fit(
+        x, y, l2=True, relative=True, rank=256
+    ),
     "knn1": lambda x, y: NearestNeighbour.fit(x, k=1),
     "knn1_sqrt": lambda x, y: NearestNeighbour.fit(x, k=1, power=0.5),
     "knn5": lambda x, y: NearestNeighbour.fit(x, k=5),
@@ -120,6 +128,16 @@ COMBINED: dict[str, tuple[tuple[str, ...], bool]] = {
     "msp+knn1": (("msp", "knn1"), False),
     "msp+knn1_per_class": (("msp", "knn1"), True),
     "msp_t4+knn1_sqrt_per_class": (("msp_t4", "knn1_sqrt"), True),
+}
+# name → the candidates whose ranks it averages: each part's values mapped to their empirical
+# distribution on the out-of-fold calibration photos, then averaged (rank fusion)
+RANK_FUSED: dict[str, tuple[str, ...]] = {
+    "rank(msp_t4,knn1_sqrt)": ("msp_t4", "knn1_sqrt"),
+    "rank(msp_t4,knn1_sqrt,rel_maha_pca64)": (
+        "msp_t4",
+        "knn1_sqrt",
+        "relative_mahalanobis_l2_pca64",
+    ),
 }
 DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
@@ -345,6 +363,16 @@ def score_values(
         cal_logits = oof[calibrate]
         combined = Combined.fit((), held, cal_logits, per_class=per_class)  # parts applied
         out[name] = combined.combine(held, cal_logits), combined.combine(evaluated, logits)
+    for name, parts in RANK_FUSED.items():
+        cdfs = [np.sort(out[p][0]) for p in parts]
+
+        def fused(i: int, cdfs: list[np.ndarray] = cdfs, parts: tuple[str, ...] = parts):
+            return np.mean(
+                [np.searchsorted(c, out[p][i], side="right") / len(c)
+                 for c, p in zip(cdfs, parts, strict=True)], 0,
+            )  # fmt: skip
+
+        out[name] = fused(0), fused(1)
     return out
 
 
@@ -567,6 +595,11 @@ def main() -> None:
     full[DEPLOYED_VIEW0] = full[DEPLOYED]  # the same arrays
     for name, score in full.items():
         candidates[name]["size_mb"] = round(size_mb(score), 3)
+    for name, parts in RANK_FUSED.items():  # its parts, and each one's sorted calibration values
+        calibration = len(photos.y) * len(parts) * 4 / 1e6
+        candidates[name]["size_mb"] = round(
+            sum(candidates[p]["size_mb"] for p in parts) + calibration, 3
+        )
     result = {
         "meta": {
             "photos": len(photos.y),
