@@ -139,6 +139,13 @@ RANK_FUSED: dict[str, tuple[str, ...]] = {
         "relative_mahalanobis_l2_pca64",
     ),
 }
+# name → the candidate whose threshold it fits per top-1 class (each class's own pass-rate
+# quantile of its out-of-fold calibration values; the overall one for a class predicted for
+# fewer than PER_CLASS_MIN_PHOTOS of them): as a score, the value minus its class's threshold
+PER_CLASS_THRESHOLDS: dict[str, str] = {
+    "msp_t4+knn1_sqrt_per_class_thresholds": "msp_t4+knn1_sqrt_per_class",
+}
+PER_CLASS_MIN_PHOTOS = 10
 DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
 # what the venomous rule alone gives (nothing flagged unknown)
@@ -345,7 +352,7 @@ class Decisions:
 
 def score_values(
     x_train: np.ndarray, y_train: np.ndarray, inner: np.ndarray, oof: np.ndarray,
-    x_eval: np.ndarray, logits: np.ndarray, calibrate: np.ndarray,
+    x_eval: np.ndarray, logits: np.ndarray, calibrate: np.ndarray, pass_rate: float,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Every candidate's (out-of-fold values on the `calibrate` training photos, values on the
     evaluated photos): statistics fitted on the inner training folds, then on all training
@@ -373,6 +380,16 @@ def score_values(
             )  # fmt: skip
 
         out[name] = fused(0), fused(1)
+    for name, part in PER_CLASS_THRESHOLDS.items():
+        held, evaluated = out[part]
+        top_held, top_eval = oof[calibrate].argmax(1), logits.argmax(1)
+        overall = fit_threshold(held, pass_rate)
+        per_class = np.array([
+            fit_threshold(held[top_held == c], pass_rate)
+            if (top_held == c).sum() >= PER_CLASS_MIN_PHOTOS else overall
+            for c in range(logits.shape[1])
+        ])  # fmt: skip
+        out[name] = held - per_class[top_held], evaluated - per_class[top_eval]
     return out
 
 
@@ -424,7 +441,7 @@ def evaluate_fold(
 
     values = score_values(
         np.asarray(photos.x[0, train], np.float32), y_known[train], inner, oof,
-        np.asarray(photos.x[0, evaluated], np.float32), logits, cal,
+        np.asarray(photos.x[0, evaluated], np.float32), logits, cal, s.pass_rate,
     )  # fmt: skip
     result = {
         name: decisions.report(scores, fit_threshold(held_out, s.pass_rate))
@@ -595,6 +612,10 @@ def main() -> None:
     full[DEPLOYED_VIEW0] = full[DEPLOYED]  # the same arrays
     for name, score in full.items():
         candidates[name]["size_mb"] = round(size_mb(score), 3)
+    for name, part in PER_CLASS_THRESHOLDS.items():  # its part and one threshold per class
+        candidates[name]["size_mb"] = round(
+            candidates[part]["size_mb"] + len(photos.species) * 4 / 1e6, 3
+        )
     for name, parts in RANK_FUSED.items():  # its parts, and each one's sorted calibration values
         calibration = len(photos.y) * len(parts) * 4 / 1e6
         candidates[name]["size_mb"] = round(
