@@ -1,7 +1,7 @@
 """The verdict a person acts on, and why: one home for every consumer.
 
 `snakeid predict` (table, CSV, JSON), the service (API and page) and `evaluate`'s metrics all
-call `decide`, and `reason` words its cause. A photo is
+call `causes` and `verdicts`, and `reason` words the cause. A photo is
 
 - `harmless` only when the model is confident it shows one of its known harmless species: not
   flagged unknown, top-1 probability at or over the low-confidence threshold, and P(any venomous
