@@ -308,14 +308,22 @@ class Decisions:
     photos first (`n_test`), then every photo of the unknown species."""
 
     n_test: int
-    top1_harmless: np.ndarray  # (M,) the top-1 species is harmless
-    p_venomous: np.ndarray  # (M,) P(any venomous species), calibrated
     venomous_threshold: float  # the venomous rule fires at P(venomous) >= this
     known_harmless: np.ndarray  # (n_test,) the known photo's true species is harmless
     unknown_venomous: np.ndarray  # (M - n_test,) the unknown photo's species is venomous
     probs: np.ndarray  # (M, C) calibrated class probabilities
     venomous: np.ndarray  # (C,) the known species' venom flags
     low_confidence_threshold: float  # `finetune.low_confidence_threshold`
+
+    @property
+    def top1_harmless(self) -> np.ndarray:
+        """(M,) the top-1 species is harmless."""
+        return ~self.venomous[self.probs.argmax(1)]
+
+    @property
+    def p_venomous(self) -> np.ndarray:
+        """(M,) P(any venomous species), calibrated."""
+        return venomous_probability(self.probs, self.venomous)
 
     def report(self, scores: np.ndarray, threshold: float) -> dict[str, float]:
         """`evaluate`'s open-set rates, the known harmless photos alerted (flagged unknown OR
@@ -422,8 +430,6 @@ def evaluate_fold(
     t = fitted["temperature"]
     decisions = Decisions(
         n_test=len(test),
-        top1_harmless=~venomous[logits.argmax(1)],
-        p_venomous=venomous_probability(softmax(logits, t), venomous),
         venomous_threshold=fitted["venomous_threshold"],
         known_harmless=~venomous[y_known[test]],
         unknown_venomous=photos.venomous[photos.y[unknown]],

@@ -418,16 +418,6 @@ class JsonWriter:
 
 # The per-photo fields of `ImageResult.to_dict` but the predictions: verdict and reason lead
 # the CSV row, the rest follow the top-k.
-PHOTO_FIELDS = (
-    "verdict",
-    "reason",
-    "low_confidence",
-    "possibly_venomous",
-    "venomous_probability",
-    "unknown_score",
-    "unknown_margin",
-    "unknown",
-)
 LEAD_COLUMNS = ("verdict", "reason")
 PHOTO_COLUMNS = (
     "venomous_probability",
@@ -437,6 +427,7 @@ PHOTO_COLUMNS = (
     "unknown_margin",
     "unknown",
 )
+PHOTO_FIELDS = (*LEAD_COLUMNS, *PHOTO_COLUMNS)
 RANK_COLUMNS = ("species", "common_name", "venomous", "probability")
 
 
