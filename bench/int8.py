@@ -50,19 +50,22 @@ from snakeid.taxa import label_index  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-# name → QuantizeConfig overrides of the project's defaults. Not here: percentile and entropy
-# calibration (ONNX Runtime's histograms of 100 photos took the machine's 24 GB and were killed),
-# int8 activations (S8S8: slower than FP32 at batch 1 on x86; as faithful as U8S8 on seed 42),
-# 300 calibration photos (no better than 100), 5 or 8 FP32 input layers (slower: 0.61x and
-# 0.68x FP32 at batch 1, no more faithful than 3) and each trunk's last convolution in FP32 too
-# (KL 0.0015 as without, agreement 0.9815 ± 0.0064, lowest seed 0.978 as without), measured by
-# earlier runs of this script.
-def _recipe(sample: str, input_layers: int, bias_correction: bool) -> dict[str, Any]:
+# name → QuantizeConfig overrides of the project's defaults. The histogram methods (entropy,
+# percentile) collect CALIBRATION_STRIDE photos at a time: all 100 at once took the machine's
+# 24 GB. Not here: int8 activations (S8S8: slower than FP32 at batch 1 on x86; as faithful as U8S8
+# on seed 42), 300 calibration photos (no better than 100), 5 or 8 FP32 input layers (slower:
+# 0.61x and 0.68x FP32 at batch 1, no more faithful than 3) and each trunk's last convolution in
+# FP32 too (KL 0.0015 as without, agreement 0.9815 ± 0.0064, lowest seed 0.978 as without),
+# measured by earlier runs of this script.
+def _recipe(
+    sample: str, input_layers: int, bias_correction: bool, method: str = "minmax"
+) -> dict[str, Any]:
     return {
         "calibration_images": 100,
         "calibration_sample": sample,
         "fp32_input_layers": input_layers,
         "bias_correction": bias_correction,
+        "calibrate_method": method,
     }
 
 
@@ -73,6 +76,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "random_100_bias_corrected": _recipe("random", 1, True),
     "stratified_100_bias_corrected": _recipe("stratified", 1, True),
     "stratified_100_fp32_in3_bias_corrected": _recipe("stratified", 3, True),
+    "stratified_100_fp32_in3_bias_corrected_percentile": _recipe(
+        "stratified", 3, True, "percentile"
+    ),
+    "stratified_100_fp32_in3_bias_corrected_entropy": _recipe("stratified", 3, True, "entropy"),
 }
 
 
@@ -135,16 +142,21 @@ def measure(root: Path, recipes: dict[str, dict[str, Any]], latency: bool) -> di
                 "kl": float(np.mean(np.sum(reference * np.log(reference / probs), axis=1))),
                 "quantize_s": q_s,
             }
-            if latency:
-                row |= batch1_ratio(fp32, int8, size)
+            if latency:  # every core, then one thread (as a phone app or a busy server)
+                row |= batch1_ratio(fp32, int8, size, threads=0)
+                row |= {f"{k}_t1": v for k, v in batch1_ratio(fp32, int8, size, 1).items()}
         out[name] = row
         print(f"  {name}: {json.dumps(row)}", flush=True)
     return out
 
 
-def batch1_ratio(fp32: Path, int8: Path, size: int, rounds: int = 15, calls: int = 5) -> dict:
-    """INT8 / FP32 median batch-1 latency, the two sessions measured round-robin."""
-    sessions = {"fp32": ort_session(fp32, spin=False), "int8": ort_session(int8, spin=False)}
+def batch1_ratio(
+    fp32: Path, int8: Path, size: int, threads: int, rounds: int = 15, calls: int = 5
+) -> dict:
+    """INT8 / FP32 median batch-1 latency on `threads` (0: every core), the two sessions
+    measured round-robin."""
+    sessions = {name: ort_session(path, threads, spin=False)
+                for name, path in (("fp32", fp32), ("int8", int8))}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
@@ -158,7 +170,7 @@ def summary(per_seed: dict[str, dict[str, Any]], recipes: list[str]) -> dict[str
     out = {}
     for name in recipes:
         out[name] = {}
-        for key in ("top1_agreement", "accuracy_delta", "kl", "ratio_batch1"):
+        for key in ("top1_agreement", "accuracy_delta", "kl", "ratio_batch1", "ratio_batch1_t1"):
             values = [s[name][key] for s in per_seed.values() if key in s.get(name, {})]
             if values:
                 out[name][key] = {
@@ -177,16 +189,17 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(str(result["per_seed"][str(s)]["n_test"]) for s in result["seeds"]),
         "",
         "| recipe | top-1 agreement mean ± sd (min) | accuracy delta mean ± sd | "
-        "KL(FP32‖INT8) mean | INT8/FP32 batch-1 |",
-        "|---|---|---|---|---|",
+        "KL(FP32‖INT8) mean | INT8/FP32 batch-1 | same, 1 thread |",
+        "|---|---|---|---|---|---|",
     ]
     for name, s in result["summary"].items():
         a, d = s["top1_agreement"], s["accuracy_delta"]
-        r = s.get("ratio_batch1")
-        ratio = f"{r['mean']:.2f}" if r else "-"
+        ratios = [
+            f"{s[k]['mean']:.2f}" if k in s else "-" for k in ("ratio_batch1", "ratio_batch1_t1")
+        ]
         lines.append(
             f"| {name} | {a['mean']:.4f} ± {a['sd']:.4f} ({a['min']:.4f}) | "
-            f"{d['mean']:+.4f} ± {d['sd']:.4f} | {s['kl']['mean']:.4f} | {ratio} |"
+            f"{d['mean']:+.4f} ± {d['sd']:.4f} | {s['kl']['mean']:.4f} | {' | '.join(ratios)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -119,3 +119,43 @@ def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(chain, t
     shift = {name: np.abs((_outputs(p, photos) - ref).mean(0)).mean()
              for name, p in (("plain", plain), ("corrected", corrected))}  # fmt: skip
     assert shift["corrected"] < 0.5 * shift["plain"], shift
+
+
+def _activation_scales(path) -> dict[str, float]:
+    """Scale of every activation QuantizeLinear (weights are stored quantized, with no Q node)."""
+    model = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and init[n.input[1]].size == 1}  # fmt: skip
+
+
+@pytest.mark.parametrize("photos", [16, 13])  # 13: no stride but 1 divides it
+def test_histogram_calibration_is_collected_in_strides_and_used(chain, tmp_path, photos):
+    """entropy collects its histograms a few photos at a time (memory flat in the number of
+    photos, as onnxruntime merges them) and its ranges are not minmax's: they clip the tails."""
+    path, calibration = chain
+    calibration = calibration[:photos]
+    cfg = QuantizeConfig(calibration_images=photos, keep_edges_fp32=False)
+    scales = {}
+    for method in ("minmax", "entropy"):
+        out = tmp_path / f"{method}.onnx"
+        quantize(path, out, dataclasses.replace(cfg, calibrate_method=method), calibration)
+        scales[method] = _activation_scales(out)
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    tighter = [t for t in scales["minmax"] if scales["entropy"][t] < 0.99 * scales["minmax"][t]]
+    assert tighter, scales
+    assert all(scales["entropy"][t] <= scales["minmax"][t] * 1.01 for t in scales["minmax"])
+
+
+def test_calibration_reader_strides_divide_the_photos():
+    from snakeid.quantize import _Calibration
+
+    for n, stride in ((100, 10), (16, 8), (13, 1), (7, 7), (1, 1)):
+        reader = _Calibration([np.full((1,), i, np.float32) for i in range(n)])
+        assert reader.stride() == stride
+        seen = []
+        for start in range(0, n, stride):
+            reader.set_range(start, start + stride)
+            while (x := reader.get_next()) is not None:
+                seen.append(int(x["input"][0]))
+        assert seen == list(range(n))
