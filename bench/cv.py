@@ -122,26 +122,52 @@ class Task:
         baseline = miss_target_threshold(pv, venomous[labels], MISS_TARGET_BASELINE)
         return cal | {"miss_target_threshold": baseline}
 
+    def loss_weight(self, y: np.ndarray, venomous_weight: float) -> np.ndarray | None:
+        """Each photo's loss weight: `venomous_weight` for a venomous species' photo, else 1
+        (None: all 1)."""
+        if venomous_weight == 1:
+            return None
+        venomous = np.array([s.venomous for s in self.species])
+        return np.where(venomous[y], venomous_weight, 1.0)
+
 
 Recipe = Callable[[Task, np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, Any]]]
 
 
+def fit_views(
+    views: np.ndarray, y: np.ndarray, n_classes: int, *, sample_weight: np.ndarray | None, **kw: Any
+) -> Any:
+    """`fit_probe` on every view (V, N, D) of the photos `y`, each view weighted as its photo."""
+    tiled = None if sample_weight is None else np.tile(sample_weight, len(views))
+    return fit_probe(
+        stack_views(views), np.tile(y, len(views)), n_classes, sample_weight=tiled, **kw
+    )
+
+
 def probe_recipe(
-    x: np.ndarray, *, views: int, c: float, balanced: bool = False, refit: bool = True
+    x: np.ndarray,
+    *,
+    views: int,
+    c: float,
+    balanced: bool = False,
+    refit: bool = True,
+    venomous_weight: float = 1.0,
 ) -> Recipe:
     """The pipeline's default head: a linear probe on `views` cached views, refitted on all the
     training photos, calibrated on out-of-fold logits (train_head.refit). Without `refit`, as
     the pipeline with `train_head.refit: false`: fitted on an inner train split, calibrated on
-    its inner val split."""
+    its inner val split. `venomous_weight`: the loss of each venomous species' photo counts
+    that many times (a cost-weighted objective)."""
     x = x[:views]
-    common = dict(c=c, balanced=balanced)
 
     def run(task: Task, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, dict]:
         if not refit:
             inner = grouped_folds(task.y[train], [task.groups[i] for i in train], 7, task.seed)
             train, val = train[inner != 0], train[inner == 0]  # ~1/7 of the photos for val
         xt, yt = np.asarray(x[:, train]), task.y[train]
-        probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), task.n_classes, **common)
+        weight = task.loss_weight(yt, venomous_weight)
+        common = dict(c=c, balanced=balanced, sample_weight=weight)
+        probe = fit_views(xt, yt, task.n_classes, **common)
         if refit:
             groups = [task.groups[i] for i in train]
             held, held_y = (
@@ -162,7 +188,14 @@ def probe_recipe(
 
 
 def adapted_probe_recipe(
-    x: np.ndarray, rows: list[dict], adapt: AdaptConfig, data: DataConfig, work: Path, *, c: float
+    x: np.ndarray,
+    rows: list[dict],
+    adapt: AdaptConfig,
+    data: DataConfig,
+    work: Path,
+    *,
+    c: float,
+    venomous_weight: float = 1.0,
 ) -> Recipe:
     """The real-photo setting as the pipeline runs it: `adapt.backbones` fine-tuned end to end
     (`snakeid.train.adapt`) on the training photos outside one inner fold (`CALIBRATION_FOLD`,
@@ -177,8 +210,11 @@ def adapted_probe_recipe(
         fold_x = adapted(x, rows, task.species, task.species, train[~calibrate], adapt, data,
                          seed=task.seed, work=work / "adapted")  # fmt: skip
         xt = np.asarray(fold_x[:, train], np.float32)
-        probe = fit_probe(stack_views(xt), np.tile(yt, len(xt)), task.n_classes, c=c)
-        oof = out_of_fold_logits(xt, yt, inner, task.n_classes, c=c, balanced=False)
+        weight = task.loss_weight(yt, venomous_weight)
+        probe = fit_views(xt, yt, task.n_classes, c=c, balanced=False, sample_weight=weight)
+        oof = out_of_fold_logits(
+            xt, yt, inner, task.n_classes, c=c, balanced=False, sample_weight=weight
+        )
         logits = probe.logits(np.asarray(fold_x[0, test], np.float32))
         return logits, task.calibrate(oof[calibrate], yt[calibrate])
 
@@ -306,8 +342,11 @@ def plan(args: argparse.Namespace) -> list[str]:
               "lite0+lite1+lite2/probe_views_c0.3", "lite0+lite1+lite2/probe_views_balanced",
               "lite0/previous_default", "lite0+lite1+lite2/probe_views_norefit",
               "lite0+lite1+lite2/probe_views2", "lite0+lite1+lite2/probe_views3",
+              # cost-weighted: a venomous species' photo counts 2 or 5 times in the loss
+              "lite0+lite1+lite2/probe_views_vw2", "lite0+lite1+lite2/probe_views_vw5",
               # the slowest last: a trunk trained end to end per fold
-              "lite0+lite1+lite2/probe_views_adapt_lite0"]  # fmt: skip
+              "lite0+lite1+lite2/probe_views_adapt_lite0",
+              "lite0+lite1+lite2/probe_views_adapt_lite0_vw5"]  # fmt: skip
     return [n for n in names if not args.only or n in args.only]
 
 
@@ -405,19 +444,22 @@ def main() -> None:
         b, kind = name.split("/")
         _logger.info("recipe %s", name)
         if kind.startswith("probe_views_adapt_"):  # adapt.backbones=[...] as in params.yaml
-            trunks = tuple(f"efficientnet_{t}" for t in kind.removeprefix("probe_views_adapt_")
-                           .split("+"))  # fmt: skip
+            spec, _, vw = kind.removeprefix("probe_views_adapt_").partition("_vw")
+            trunks = tuple(f"efficientnet_{t}" for t in spec.split("+"))
             adapt = replace(section(params, "adapt", AdaptConfig), backbones=trunks)
             adapt = replace(adapt, epochs=1) if args.fast else adapt  # a smoke run
             result["meta"].setdefault("adapt", {})[name] = to_dict(adapt)
-            recipe = adapted_probe_recipe(columns(b), rows, adapt, data, work, c=0.1)
+            recipe = adapted_probe_recipe(
+                columns(b), rows, adapt, data, work, c=0.1, venomous_weight=float(vw or 1)
+            )
         elif kind.startswith("probe"):
             n = kind.removeprefix("probe_views")[:1]  # probe_views<n>: the first n views
             views = 1 if kind == "probe" else int(n) if n.isdigit() else data.views
             c = float(kind.split("_c")[1]) if "_c" in kind else 0.1
+            vw = float(kind.split("_vw")[1]) if "_vw" in kind else 1.0
             recipe = probe_recipe(
                 columns(b), views=views, c=c, balanced=kind.endswith("balanced"),
-                refit=not kind.endswith("norefit"),
+                refit=not kind.endswith("norefit"), venomous_weight=vw,
             )  # fmt: skip
         elif kind == "sgd_head":
             parts = b.split("+")
@@ -514,6 +556,7 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_rule_cell(r, "rule")] + [_rule_cell(r, f"cost{k}") for k in COST_RATIOS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, a in meta.get("adapt", {}).items():
+        a = a | {"backbones": list(a["backbones"])}  # a tuple before the JSON round trip
         lines += ["", (
             f"`{name}`: as `adapt.backbones: {a['backbones']}` runs in the pipeline. Per fold, "
             f"fine-tuned end to end ({a['epochs']} epochs, peak lr {a['lr']:g}) on the training "

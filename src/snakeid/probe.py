@@ -37,12 +37,19 @@ class Probe:
 
 
 def fit_probe(
-    x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, balanced: bool = False
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    c: float,
+    balanced: bool = False,
+    sample_weight: np.ndarray | None = None,
 ) -> Probe:
     """Fit on rows `x` (N, D) with labels `y`; `c` is the inverse L2 strength (scikit-learn's C).
 
-    `balanced` weights each class inversely to its row count. Classes without rows get the
-    weight 0 and `ABSENT_BIAS`, so they are never predicted.
+    `balanced` weights each class inversely to its row count; `sample_weight` (N,) weights each
+    row's loss (a cost-weighted objective). Classes without rows get the weight 0 and
+    `ABSENT_BIAS`, so they are never predicted.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -59,7 +66,7 @@ def fit_probe(
     lr = LogisticRegression(C=c, max_iter=1000, class_weight="balanced" if balanced else None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # never ship a half-fitted probe
-        lr.fit((x - mean) / std, y)
+        lr.fit((x - mean) / std, y, sample_weight=sample_weight)
     w = lr.coef_ / std  # fold the standardisation into the layer
     b = lr.intercept_ - w @ mean
     if len(lr.classes_) == 2:  # one row, the log-odds of the second class: split it in two
@@ -89,18 +96,21 @@ def out_of_fold_logits(
     *,
     c: float,
     balanced: bool,
+    sample_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Logits (N, C) of each photo's view 0 from a probe fitted without its fold's photos.
 
     `views` is (V, N, D): view 0 the eval transform, the others augmented training views;
-    `folds` (N,) from `grouped_folds`, so that an observation's photos share a fold.
+    `folds` (N,) from `grouped_folds`, so that an observation's photos share a fold;
+    `sample_weight` (N,) each photo's loss weight (`fit_probe`).
     """
     out = np.zeros((len(y), n_classes), np.float32)
     for f in np.unique(folds):
         held, kept = folds == f, folds != f
+        w = None if sample_weight is None else np.tile(sample_weight[kept], len(views))
         probe = fit_probe(
             stack_views(views[:, kept]), np.tile(y[kept], len(views)), n_classes,
-            c=c, balanced=balanced,
+            c=c, balanced=balanced, sample_weight=w,
         )  # fmt: skip
         out[held] = probe.logits(views[0, held].astype(np.float32))
     return out
