@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
+from snakeid.contract import INPUT_NAME, OUTPUT_NAME
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 from snakeid.quantize import QuantizeConfig, quantize
 
 _logger = logging.getLogger("bench.inference")

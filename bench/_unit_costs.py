@@ -37,8 +37,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from snakeid.export import INPUT_NAME, OUTPUT_NAME, export_onnx, ort_session
+from snakeid.contract import INPUT_NAME, OUTPUT_NAME
 from snakeid.models import SnakeNet
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 
 
 def _batches(ds: Dataset, batch_size: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:

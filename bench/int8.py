@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _project import check, make_project, run_watched  # noqa: E402
 from _realdata import pooled_folder  # noqa: E402
 from snakeid.config import section  # noqa: E402
-from snakeid.export import eval_batches, ort_session  # noqa: E402
+from snakeid.export import eval_batches  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
+from snakeid.onnxio import ort_session  # noqa: E402
 from snakeid.quantize import (  # noqa: E402
     QuantizeConfig,
     calibration_rows,

@@ -14,14 +14,14 @@ from snakeid.export import (
     ExportConfig,
     check_parity,
     eval_batches,
-    export_onnx,
     model_meta,
     model_region,
-    ort_session,
     parity,
 )
 from snakeid.manifest import read_manifest
 from snakeid.models import deployed
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 from snakeid.openset import UnknownScore
 from snakeid.split import model_species
 from snakeid.stage import run_stage, stage_inputs

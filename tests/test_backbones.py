@@ -10,9 +10,11 @@ import torch
 from snakeid.config import BaseConfig
 from snakeid.data import DataConfig
 from snakeid.errors import UserError
-from snakeid.export import eval_batches, export_onnx, ort_session, parity
+from snakeid.export import eval_batches, parity
 from snakeid.manifest import read_manifest
 from snakeid.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 from snakeid.openset import UnknownScore
 from snakeid.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
 from snakeid.train import (

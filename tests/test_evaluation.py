@@ -22,13 +22,15 @@ from snakeid.calibration import (
 )
 from snakeid.errors import UserError
 from snakeid.evaluate import EvaluateConfig, evaluate, prediction_rows
-from snakeid.export import ExportConfig, check_parity, export_onnx, ort_session, parity
+from snakeid.export import ExportConfig, check_parity, parity
 from snakeid.metrics import (
     binomial_bound,
     classification_report,
     expected_calibration_error,
     macro_f1,
 )
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 from snakeid.predict import ModelMeta
 from snakeid.quantize import QuantizeConfig, _drop_lower_bound, check_int8, compare
 from snakeid.taxa import Species, label_index

@@ -12,7 +12,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from snakeid.export import export_onnx, ort_session
+from snakeid.onnx_export import export_onnx
+from snakeid.onnxio import ort_session
 from snakeid.quantize import QuantizeConfig, _edge_nodes, calibration_rows, quantize
 
 SIZE = 32

@@ -24,7 +24,8 @@ from PIL import Image
 
 from snakeid.checkpoint import Checkpoint
 from snakeid.data import eval_preprocess_spec
-from snakeid.export import ExportConfig, export_onnx, model_meta
+from snakeid.export import ExportConfig, model_meta
+from snakeid.onnx_export import export_onnx
 from snakeid.quantize import QuantizeConfig
 from snakeid.quantize import quantize as run_quantize
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from snakeid.contract import SYNTHETIC_SOURCE
 from snakeid.decision import scope
 from snakeid.manifest import SPLITS, read_manifest
-from snakeid.predict import SYNTHETIC_SOURCE
 from snakeid.split import UNKNOWN
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file

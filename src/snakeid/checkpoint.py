@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from snakeid.contract import DEFAULT_LOW_CONFIDENCE, DEFAULT_VENOMOUS_THRESHOLD
 from snakeid.errors import UserError
 from snakeid.models import ModelConfig, SnakeNet, build_model
 from snakeid.taxa import Species
@@ -22,7 +23,11 @@ FORMAT = "snakeid-checkpoint/4"  # 2: several backbones, trunk sizes; 3: unknown
 HOLDOUT_KEYS = {"logits", "labels", "source", "folds", "rows"}
 OPENSET_KEYS = {"score", "threshold", "known_pass_rate", "arrays", "fit"}
 # The head's calibration until finetune fits one.
-HEAD_CALIBRATION = {"temperature": 1.0, "venomous_threshold": 0.5, "low_confidence_threshold": 0.5}
+HEAD_CALIBRATION = {
+    "temperature": 1.0,
+    "venomous_threshold": DEFAULT_VENOMOUS_THRESHOLD,
+    "low_confidence_threshold": DEFAULT_LOW_CONFIDENCE,
+}
 CALIBRATION_KEYS = {"temperature", "venomous_threshold", "low_confidence_threshold"}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from snakeid import __version__
+from snakeid.contract import DEFAULT_LOW_CONFIDENCE, DEFAULT_VENOMOUS_THRESHOLD
 from snakeid.decision import HEADLINES, VERDICTS
 from snakeid.predict import (
     DEFAULT_MODEL,
@@ -122,14 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--low-confidence",
             type=float,
             default=None,
-            help="flag a top-1 probability under this (default: model metadata, else 0.5)",
+            help="flag a top-1 probability under this (default: model metadata, else "
+            f"{DEFAULT_LOW_CONFIDENCE})",
         )
         p.add_argument(
             "--venomous-threshold",
             type=float,
             default=None,
             help="flag possibly venomous when the venomous species' summed probability reaches "
-            "this (default: model metadata, else 0.5)",
+            f"this (default: model metadata, else {DEFAULT_VENOMOUS_THRESHOLD})",
         )
 
     p = sub.add_parser(

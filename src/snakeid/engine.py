@@ -53,7 +53,9 @@ def prefix_engine(
         finally:
             prefix.to("cpu").to(memory_format=torch.contiguous_format)
         return
-    from snakeid.export import INPUT_NAME, export_onnx, ort_session
+    from snakeid.contract import INPUT_NAME
+    from snakeid.onnx_export import export_onnx
+    from snakeid.onnxio import ort_session
 
     with tempfile.TemporaryDirectory(prefix="snakeid-prefix-") as tmp:
         path = Path(tmp) / "prefix.onnx"

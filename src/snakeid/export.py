@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,9 +12,10 @@ import torch
 
 from snakeid import __version__
 from snakeid.config import spec
+from snakeid.contract import INPUT_NAME, META_FORMAT, OUTPUT_NAME, UNKNOWN_NAME
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
-from snakeid.predict import META_FORMAT
+from snakeid.onnx_export import output_names
 from snakeid.taxa import Species
 from snakeid.utils import sha256_json
 
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
     from snakeid.checkpoint import Checkpoint
 
 _logger = logging.getLogger(__name__)
-
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-UNKNOWN_NAME = "unknown_score"  # the deployed model's second output (snakeid.openset)
 
 
 @dataclass(frozen=True)
@@ -37,60 +33,6 @@ class ExportConfig:
     # Where the species live, e.g. "the Philippines", when the species file does not say it
     # (its top-level `region`); shown by predict, the page and the model card.
     region: str | None = None
-
-
-def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int) -> None:
-    """TorchScript-based export (dynamo=False): NCHW float32 `input` → the model's
-    `output_names` (default just `logits`), dynamic batch."""
-    import onnx
-
-    model = model.eval().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, image_size, image_size)
-    with warnings.catch_warnings():
-        # The TorchScript exporter warns that it cannot constant-fold Slice ops with steps > 1
-        # (the graph is correct and ORT folds them); nothing for a user to act on.
-        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
-        # dynamo=False on purpose (the dynamo exporter needs onnxscript); it works in torch 2.14
-        warnings.filterwarnings(
-            "ignore", "You are using the legacy TorchScript", DeprecationWarning
-        )
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        _export(model, dummy, path, opset)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-
-
-def output_names(model: torch.nn.Module) -> tuple[str, ...]:
-    return tuple(getattr(model, "output_names", (OUTPUT_NAME,)))
-
-
-def _export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
-    names = output_names(model)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        dynamo=False,
-        opset_version=opset,
-        input_names=[INPUT_NAME],
-        output_names=list(names),
-        dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
-        do_constant_folding=True,
-    )
-
-
-def ort_session(path: Path, threads: int = 0, *, spin: bool = True) -> Any:
-    """A CPU session with every graph optimisation. `spin=False` stops the intra-op threads
-    from spin-waiting after a run (they then take no CPU from other work between runs)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def eval_batches(

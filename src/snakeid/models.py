@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from snakeid.config import spec
+from snakeid.contract import OUTPUT_NAME, UNKNOWN_NAME
 from snakeid.errors import UserError
 
 _logger = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ class DeployedModel(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("logits", "unknown_score") if self.openset is not None else ("logits",)
+        return (OUTPUT_NAME, UNKNOWN_NAME) if self.openset is not None else (OUTPUT_NAME,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         z = self.net.embed(x)

@@ -19,17 +19,24 @@ import numpy as np
 from PIL import Image
 
 from snakeid.calibration import softmax, venomous_probability
+from snakeid.contract import (
+    DEFAULT_LOW_CONFIDENCE,
+    DEFAULT_VENOMOUS_THRESHOLD,
+    INPUT_NAME,
+    META_FILENAME,
+    META_FORMAT,
+    OUTPUT_NAME,
+    SYNTHETIC_SOURCE,
+    UNKNOWN_NAME,
+)
 from snakeid.decision import HARMLESS, causes, flagged_unknown, reason, scope, verdicts
+from snakeid.onnxio import ort_session
 from snakeid.preprocess import PreprocessSpec, preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 
 _logger = logging.getLogger(__name__)
 
-META_FORMAT = "snakeid-model/2"  # 2: the unknown-species score (output and threshold)
-# (`region`, added later, is optional: a model without it reads as "region not stated")
-META_FILENAME = "model_meta.json"
-SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
 # Said by `snakeid predict` (stderr) and the service page whenever the model is synthetic.
 SYNTHETIC_WARNING = (
     "this model was trained on synthetic demo photos; it does not identify real snakes"
@@ -38,8 +45,6 @@ DEFAULT_MODEL = Path("models/model_int8.onnx")  # relative to the working direct
 MODEL_ENV = "SNAKEID_MODEL"  # the model to use when --model is not given
 # The project an editable install runs from (src/snakeid/ is two levels below it).
 PROJECT = Path(__file__).resolve().parents[2]
-DEFAULT_LOW_CONFIDENCE = 0.5  # top-1 probability under this -> low_confidence
-DEFAULT_VENOMOUS_THRESHOLD = 0.5  # summed venomous probability at or over this -> possibly_venomous
 
 
 class ModelMetaError(ValueError):
@@ -50,9 +55,9 @@ class ModelMetaError(ValueError):
 class ModelMeta:
     species: tuple[Species, ...]  # the model's output order
     preprocess: PreprocessSpec
-    input_name: str = "input"
-    output_name: str = "logits"
-    unknown_output_name: str = "unknown_score"
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    unknown_output_name: str = UNKNOWN_NAME
     # "Not one of the species this model knows" when the unknown score is above this (fitted on
     # held-out photos so that `finetune.known_pass_rate` of them pass; `from_dict` requires it)
     unknown_threshold: float = float("inf")
@@ -137,9 +142,9 @@ class ModelMeta:
         return cls(
             species=tuple(species),
             preprocess=spec,
-            input_name=raw.get("input_name", "input"),
-            output_name=raw.get("output_name", "logits"),
-            unknown_output_name=raw.get("unknown_output_name", "unknown_score"),
+            input_name=raw.get("input_name", INPUT_NAME),
+            output_name=raw.get("output_name", OUTPUT_NAME),
+            unknown_output_name=raw.get("unknown_output_name", UNKNOWN_NAME),
             unknown_threshold=float(unknown_threshold),
             backbone=raw.get("backbone"),
             image_size=image_size,
@@ -261,8 +266,6 @@ class Predictor:
         low_confidence: float | None = None,
         venomous_threshold: float | None = None,
     ) -> None:
-        import onnxruntime as ort  # imported here so `--help` and meta checks stay fast
-
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model not found: {self.model_path}")
@@ -287,12 +290,7 @@ class Predictor:
         )
         self.model_sha256 = sha256_file(self.model_path)
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort_session(self.model_path, threads)
         self._check_session()
         self._venomous = np.array([s.venomous for s in self.meta.species])
         _logger.info(

@@ -27,9 +27,10 @@ import numpy as np
 
 from snakeid.calibration import softmax
 from snakeid.config import spec
+from snakeid.contract import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME
 from snakeid.decision import flagged_unknown
 from snakeid.errors import UserError
-from snakeid.export import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME
+from snakeid.onnxio import ort_session
 
 _logger = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ def _input_means(
     import onnx
     from onnx import helper
 
-    from snakeid.export import ort_session
-
     model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy with more outputs
     names = list(dict.fromkeys(tensors))
     have = {o.name for o in model.graph.output}
@@ -384,7 +383,6 @@ def compare(
     Returns the report and the INT8 model's probabilities (N, C) and unknown scores (N,) of the
     test batches.
     """
-    from snakeid.export import ort_session
     from snakeid.metrics import binomial_bound, macro_f1
 
     result: dict[str, Any] = {}
@@ -450,8 +448,6 @@ def latencies(
     """Median batch-1 and batch-32 latency (ms) of both models and INT8's ratios to FP32.
 
     For the log: they change run to run (bench/latency.py compares models side by side)."""
-    from snakeid.export import ort_session
-
     out = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         session = ort_session(path, threads)

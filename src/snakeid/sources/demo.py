@@ -39,13 +39,14 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from snakeid.config import ParamsError, spec
+from snakeid.contract import SYNTHETIC_SOURCE
 from snakeid.sources.common import species_dir
 from snakeid.taxa import Species, normalise_name
 from snakeid.utils import sha256_file
 
 _logger = logging.getLogger(__name__)
 
-SOURCE = "demo-synthetic"
+SOURCE = SYNTHETIC_SOURCE
 LICENSE = "CC0-1.0 (synthetic)"
 ATTRIBUTION = "snakeid synthetic demo data"
 

@@ -11,6 +11,7 @@ import torch
 
 from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
+from snakeid.contract import DEFAULT_LOW_CONFIDENCE
 from snakeid.data import DataConfig
 from snakeid.errors import UserError
 from snakeid.split import model_species
@@ -92,7 +93,9 @@ class FinetuneConfig:
     # missing a venomous snake costs against a needless warning (a Bayes decision). At least 1.
     venomous_cost_ratio: float = field(default=49.0, metadata=spec(ge=1.0))
     # "The model is not sure" (so never `harmless`) when the top-1 probability is under this.
-    low_confidence_threshold: float = field(default=0.5, metadata=spec(ge=0.0, le=1.0))
+    low_confidence_threshold: float = field(
+        default=DEFAULT_LOW_CONFIDENCE, metadata=spec(ge=0.0, le=1.0)
+    )
     # "Not one of the species this model knows" above an unknown-species score threshold chosen
     # on the same held-out photos so that this share of them (all of known species) pass.
     known_pass_rate: float = field(default=0.95, metadata=spec(gt=0.0, le=1.0))
