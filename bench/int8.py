@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _project import check, make_project, run_watched  # noqa: E402
 from _realdata import pooled_folder  # noqa: E402
 from snakeid.config import section  # noqa: E402
+from snakeid.contract import load_meta  # noqa: E402
 from snakeid.export import eval_batches  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.onnxio import ort_session  # noqa: E402
@@ -112,8 +113,8 @@ def measure(root: Path, recipes: dict[str, dict[str, Any]], latency: bool) -> di
     inputs = stage_inputs(root / "params.yaml")
     species, _ = model_species(inputs.params, inputs.species)
     base_cfg = section(inputs.params, "quantize", QuantizeConfig)
-    meta = json.loads((root / "models/model_meta.json").read_text())
-    size = meta["image_size"]
+    meta = load_meta(root / "models/model_meta.json")
+    size = meta.preprocess.crop
     fp32 = root / "models/model_fp32.onnx"
     train = read_manifest(root / "data/split/train.csv")
     test = read_manifest(root / "data/split/test.csv")
@@ -132,7 +133,7 @@ def measure(root: Path, recipes: dict[str, dict[str, Any]], latency: bool) -> di
             q_s = time.monotonic() - t
             result, probs, _ = compare(
                 fp32, int8, batches, y, sorted(set(y.tolist())),
-                threads=0, unknown_threshold=meta["decision"]["unknown_threshold"],
+                threads=0, unknown_threshold=meta.unknown_threshold,
             )  # fmt: skip
             row = {
                 "top1_agreement": result["top1_agreement"],

@@ -78,7 +78,7 @@ def main() -> None:
         evaluation=json.loads(args.evaluation.read_text())
         | {"venomous_lookalikes": report["venomous_lookalikes"]},
     )
-    write_json(args.meta, meta)
+    write_json(args.meta, meta.to_dict())
     evidence = [
         bench_evidence(name, json.loads(Path(path).read_text()))
         for name, path in (str(item).split("=", 1) for item in args.openset_bench)

@@ -1,13 +1,13 @@
 """Stage quantize: INT8 ONNX model, compared with FP32 for size, latency and test predictions."""
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from snakeid.config import section
+from snakeid.contract import load_meta
 from snakeid.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes
 from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
@@ -44,8 +44,8 @@ def main() -> None:
     params, base = inputs.params, inputs.base
     species, _ = model_species(params, inputs.species)  # the model's classes
     cfg = section(params, "quantize", QuantizeConfig)
-    meta = json.loads(args.meta.read_text())
-    size = meta["image_size"]
+    meta = load_meta(args.meta)
+    size = meta.preprocess.crop
 
     train = read_manifest(args.split / "train.csv")
     calib = calibration_rows(train, cfg, base.seed)
@@ -55,7 +55,7 @@ def main() -> None:
     index = label_index(species)
     y = np.array([index[r["taxon"]] for r in test])
     heldout = read_manifest(args.split / f"{UNKNOWN}.csv")  # photos of held-out species
-    unknown_threshold = meta["decision"]["unknown_threshold"]
+    unknown_threshold = meta.unknown_threshold
     result, probs, unknown = compare(
         args.onnx, args.int8, eval_batches(test, species, size), y, sorted(set(y.tolist())),
         threads=base.threads, unknown_threshold=unknown_threshold,
@@ -64,7 +64,7 @@ def main() -> None:
     result |= {"method": cfg.method, "calibration_images": len(calib), "n_heldout": len(heldout)}
     write_json(args.report, result)
     write_json(args.metrics, {k: result[k] for k in HEADLINE})
-    cause = verdict_causes(probs, unknown, species, meta["decision"], unknown_threshold)
+    cause = verdict_causes(probs, unknown, species, meta.decision, unknown_threshold)
     rows = prediction_rows(
         Evaluation({}, test, probs, y, unknown, unknown_threshold, cause), species
     )

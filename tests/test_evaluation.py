@@ -20,6 +20,7 @@ from snakeid.calibration import (
     venomous_rule_report,
     venomous_tradeoff,
 )
+from snakeid.contract import ModelMeta
 from snakeid.errors import UserError
 from snakeid.evaluate import EvaluateConfig, evaluate, prediction_rows
 from snakeid.export import ExportConfig, check_parity, parity
@@ -31,7 +32,6 @@ from snakeid.metrics import (
 )
 from snakeid.onnx_export import export_onnx
 from snakeid.onnxio import ort_session
-from snakeid.predict import ModelMeta
 from snakeid.quantize import QuantizeConfig, _drop_lower_bound, check_int8, compare
 from snakeid.taxa import Species, label_index
 from tiny_model import IMAGE_SIZE, SPECIES, build_tiny_model, tiny_meta, tiny_net

@@ -344,9 +344,9 @@ def test_unknown_score_module_and_state_match_numpy() -> None:
 def test_onnx_unknown_score_and_threshold_equal_pytorch(tmp_path: Path) -> None:
     import torch
 
+    from snakeid.contract import load_meta
     from snakeid.export import parity
     from snakeid.onnxio import ort_session
-    from snakeid.predict import load_meta
     from tiny_model import IMAGE_SIZE, build_tiny_model, tiny_unknown_score
 
     path, model = build_tiny_model(tmp_path, favour=None)

@@ -17,8 +17,9 @@ from PIL import Image
 
 from snakeid.calibration import softmax
 from snakeid.cli import main
+from snakeid.contract import ModelMetaError
 from snakeid.decision import VERDICTS
-from snakeid.predict import ModelMetaError, Predictor
+from snakeid.predict import Predictor
 from tiny_model import NO_TORCH_MAIN, SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
 

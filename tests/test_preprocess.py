@@ -13,13 +13,12 @@ from torchvision.transforms.v2.functional._geometry import (
     _compute_resized_output_size,
 )
 
+from snakeid.contract import PreprocessSpec, PreprocessSpecError
 from snakeid.data import eval_preprocess_spec, eval_transform, load_rgb
 from snakeid.preprocess import (
     CorruptImage,
     ImageTooLarge,
     NotAnImage,
-    PreprocessSpec,
-    PreprocessSpecError,
     UnreadableImage,
     center_crop_box,
     load_image,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from snakeid.card import bench_evidence, data_provenance, model_card
+from snakeid.contract import ModelMeta, PreprocessSpec
+from snakeid.data import eval_preprocess_spec
 from snakeid.evaluate import HEADLINE, headline, per_species_rows
 from snakeid.live import CURVES, EpochLog
 from snakeid.metrics import bootstrap_intervals, venomous_lookalikes
@@ -186,20 +189,21 @@ def test_provenance_and_model_card(tmp_path, source):
     assert data["manifest_sha256"]["val"] == sha256_file(split / "val.csv")
     assert data["held_out_species"] == {"Naja sputatrix": 1}
     assert data["manifest_sha256"]["unknown"] == sha256_file(split / "unknown.csv")
-    meta = {
-        "backbone": "efficientnet_lite0",
-        "trunks": [{"backbone": "efficientnet_lite0", "size": 224, "adapted": source == "inat"}],
-        "species": [{"name": s.name, "common": s.common, "venomous": s.venomous} for s in SPECIES],
-        "params_digest": "ab" * 32,
-        "data": data,
-        "evaluation": headline(_evaluation())
+    meta = ModelMeta(
+        species=tuple(SPECIES),
+        preprocess=PreprocessSpec.from_dict(eval_preprocess_spec(224)),
+        backbone="efficientnet_lite0",
+        trunks=({"backbone": "efficientnet_lite0", "size": 224, "adapted": source == "inat"},),
+        params_digest="ab" * 32,
+        data=data,
+        evaluation=headline(_evaluation())
         | {
             "venomous_lookalikes": venomous_lookalikes(
                 np.array([0, 0, 1]), np.array([1, 0, 0]), SPECIES
             )
         },  # fmt: skip
-        "unknown_score": {"score": "msp+knn1_per_class", "known_pass_rate": 0.95},
-    }
+        unknown_score={"score": "msp+knn1_per_class", "known_pass_rate": 0.95},
+    )
     evidence = {
         "candidates": {"deployed": {"mean": {"auroc": 0.788, "known_flagged_rate": 0.039,
                                              "known_harmless_no_warning_rate": 0.5,
@@ -217,8 +221,8 @@ def test_provenance_and_model_card(tmp_path, source):
         "| *Ptyas mucosa* (Oriental Rat Snake, harmless) | *Naja kaouthia* (Monocled Cobra, "
         "venomous) | 1 | 100% |",
     ]
-    meta["evaluation"]["venomous_lookalikes"] = []
-    assert "No test photo was called a species across the venomous line." in model_card(meta)
+    no_pairs = replace(meta, evaluation=meta.evaluation | {"venomous_lookalikes": []})
+    assert "No test photo was called a species across the venomous line." in model_card(no_pairs)
     assert "| known-species photos flagged unknown | 5.0% | |" in card
     assert "| harmless told harmless (no warning) | 60.0% | |" in card
     assert "| unknown vs known AUROC | 0.800 |" in card
@@ -231,10 +235,10 @@ def test_provenance_and_model_card(tmp_path, source):
     assert bench_row in card
     assert "- Region: not stated" in card and "region they come from is not stated" in card
     # a run that held no species out still reports measured evidence, never a bare n/a
-    meta["data"] = data | {"held_out_species": {}}
-    meta["evaluation"]["openset"] |= {"auroc": None, "unknown_flagged_rate": None,
-                                      "dangerous_rate": None}  # fmt: skip
-    meta["region"] = "Testland"
+    openset = meta.evaluation["openset"] | {"auroc": None, "unknown_flagged_rate": None,
+                                            "dangerous_rate": None}  # fmt: skip
+    meta = replace(meta, data=data | {"held_out_species": {}}, region="Testland",
+                   evaluation=meta.evaluation | {"openset": openset})  # fmt: skip
     alone = model_card(meta, [bench_evidence("frozen", evidence)])
     unknown_part = alone[alone.index("## Snakes it does not know") : alone.index("## Look-alikes")]
     assert "n/a" not in unknown_part and bench_row in unknown_part

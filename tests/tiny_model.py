@@ -177,7 +177,7 @@ def tiny_meta(
     data = {} if data_source is None else {"source": data_source}
     return model_meta(
         ckpt, cfg, region=region, unknown_score=unknown_score, data=data, evaluation={}
-    )
+    ).to_dict()
 
 
 def demo_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:

@@ -9,11 +9,11 @@ of the stage's inputs, and `dvc.lock` ties these hashes to commits.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from snakeid.contract import SYNTHETIC_SOURCE
+from snakeid.contract import ModelMeta
 from snakeid.decision import scope
 from snakeid.manifest import SPLITS, read_manifest
 from snakeid.split import UNKNOWN
@@ -52,45 +52,59 @@ def bench_evidence(name: str, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_card(meta: dict[str, Any], evidence: Sequence[dict[str, Any]] = ()) -> str:
-    """A short Markdown model card from `model_meta.json`'s facts, and the unknown-species
+def model_card(meta: ModelMeta, evidence: Sequence[dict[str, Any]] = ()) -> str:
+    """A short Markdown model card from the exported model's metadata, and the unknown-species
     measurements on real photos in `evidence` (`bench_evidence`)."""
-    data, ev = meta["data"], meta["evaluation"]
-    species = meta["species"]
-    n_venomous = sum(s["venomous"] for s in species)
-    totals = {s: sum(p[s] for p in data["photos"].values()) for s in SPLITS}
-    rule, openset, verdict = ev["venomous_rule"], ev["openset"], ev["verdicts"]
-    unknown = meta["unknown_score"]
-    held_out = ", ".join(f"*{k}* ({v})" for k, v in data["held_out_species"].items()) or "none"
+    ev, held_out = meta.evaluation, meta.data["held_out_species"]
     lines = [
-        f"# snakeid model card: {meta['backbone']}",
+        f"# snakeid model card: {meta.backbone}",
         "",
+        *_intended_use(meta),
+        *_data(meta),
+        *_test_metrics(ev),
+        *_unknown_species(ev, held_out, evidence),
+        *_lookalikes(ev["venomous_lookalikes"], meta.species),
+        *_species_table(meta),
+        *_limits(meta),
     ]
-    if data["source"] == SYNTHETIC_SOURCE:
+    return "\n".join(lines)
+
+
+def _intended_use(meta: ModelMeta) -> list[str]:
+    n, n_venomous = len(meta.species), sum(s.venomous for s in meta.species)
+    lines = []
+    if meta.synthetic:
         lines += [
             "> **Trained on synthetic demo photos.** This model does not identify real snakes; "
             "it exists to show the pipeline working.",
             "",
         ]
-    lines += [
+    return lines + [
         "## Intended use",
         "",
-        f"Suggests which of {len(species)} snake species ({n_venomous} venomous) a photo "
+        f"Suggests which of {n} snake species ({n_venomous} venomous) a photo "
         "shows, with a verdict a person can act on (venomous, possibly venomous or harmless) "
         "and its reason, to help people who photograph snakes and the field apps and clinics "
         "that support them.",
         "",
-        f"**Scope.** This model {scope(len(species), meta.get('region'))}.",
+        f"**Scope.** This model {scope(n, meta.region)}.",
         "",
         "**Not for medical decisions.** Treat every snakebite as an emergency whatever the "
         "model says. The model only knows the species below. A photo whose unknown-species "
-        f"score (`{unknown['score']}`) is above its threshold is flagged as none of them and "
-        "is never called harmless; a snake of another species that is not flagged is still "
-        "named as one of them.",
+        f"score (`{meta.unknown_score['score']}`) is above its threshold is flagged as none of "
+        "them and is never called harmless; a snake of another species that is not flagged is "
+        "still named as one of them.",
         "",
+    ]
+
+
+def _data(meta: ModelMeta) -> list[str]:
+    data, totals = meta.data, _totals(meta)
+    held_out = ", ".join(f"*{k}* ({v})" for k, v in data["held_out_species"].items()) or "none"
+    return [
         "## Data",
         "",
-        f"- Region: {meta.get('region') or 'not stated (the species file has no `region`)'}",
+        f"- Region: {meta.region or 'not stated (the species file has no `region`)'}",
         f"- Source: `{data['source']}`; photos train / val / test: "
         f"{totals['train']} / {totals['val']} / {totals['test']}, split by observation.",
         "- Manifests (sha256): "
@@ -98,15 +112,20 @@ def model_card(meta: dict[str, Any], evidence: Sequence[dict[str, Any]] = ()) ->
         f"- Held out of training as unknown species (photos, test only): {held_out}",
         *(
             f"- Backbone fine-tuned end to end on the training photos first (`adapt`): {b}"
-            for b in (t["backbone"] for t in meta["trunks"] if t["adapted"])
+            for b in (t["backbone"] for t in meta.trunks if t["adapted"])
         ),
-        f"- Params digest: `{meta['params_digest'][:16]}`",
+        f"- Params digest: `{(meta.params_digest or '')[:16]}`",
         "",
-        "## Test metrics",
-        "",
-        "| metric | value | 95 % interval |",
-        "|---|---|---|",
     ]
+
+
+def _totals(meta: ModelMeta) -> dict[str, int]:
+    return {s: sum(p[s] for p in meta.data["photos"].values()) for s in SPLITS}
+
+
+def _test_metrics(ev: Mapping[str, Any]) -> list[str]:
+    rule, openset, verdict = ev["venomous_rule"], ev["openset"], ev["verdicts"]
+    lines = ["## Test metrics", "", "| metric | value | 95 % interval |", "|---|---|---|"]
     for key, label in (
         ("macro_f1", "macro-F1"),
         ("balanced_accuracy", "balanced accuracy"),
@@ -114,7 +133,7 @@ def model_card(meta: dict[str, Any], evidence: Sequence[dict[str, Any]] = ()) ->
     ):
         ci = ev[f"{key}_ci95"]
         lines.append(f"| {label} | {ev[key]:.3f} | {ci['low']:.3f}–{ci['high']:.3f} |")
-    lines += [
+    return lines + [
         f"| top-3 accuracy | {ev['top3_accuracy']:.3f} | |",
         f"| expected calibration error | {ev['ece']:.3f} | |",
         f"| venomous called a harmless species | {_rate(ev['venomous_to_harmless_rate'])} | |",
@@ -124,32 +143,39 @@ def model_card(meta: dict[str, Any], evidence: Sequence[dict[str, Any]] = ()) ->
         f"| harmless over the venomous threshold | {_rate(rule['harmless_flagged_rate'])} | |",
         f"| known-species photos flagged unknown | {_rate(openset['known_flagged_rate'])} | |",
         "",
-        *_unknown_species(ev, data["held_out_species"], evidence),
-        *_lookalikes(ev["venomous_lookalikes"], species),
+    ]
+
+
+def _species_table(meta: ModelMeta) -> list[str]:
+    lines = [
         "## Species",
         "",
         "| species | common name | venomous | train | val | test |",
         "|---|---|---|---|---|---|",
     ]
-    for s in species:
-        n = data["photos"][s["name"]]
+    for s in meta.species:
+        n = meta.data["photos"][s.name]
         lines.append(
-            f"| *{s['name']}* | {s['common']} | {'yes' if s['venomous'] else 'no'} | "
+            f"| *{s.name}* | {s.common} | {'yes' if s.venomous else 'no'} | "
             f"{n['train']} | {n['val']} | {n['test']} |"
         )
-    lines += [
+    return lines
+
+
+def _limits(meta: ModelMeta) -> list[str]:
+    return [
         "",
         "## Known limits",
         "",
-        f"- Only these {len(species)} species are named. The unknown-species flag passes "
-        f"{unknown['known_pass_rate']:.0%} of held-out known-species photos by construction, "
-        "and catches only part of the others: see *Snakes it does not know*.",
-        f"- Small test set ({totals['test']} photos): read the intervals, not the point values.",
+        f"- Only these {len(meta.species)} species are named. The unknown-species flag passes "
+        f"{meta.unknown_score['known_pass_rate']:.0%} of held-out known-species photos by "
+        "construction, and catches only part of the others: see *Snakes it does not know*.",
+        f"- Small test set ({_totals(meta)['test']} photos): read the intervals, not the point "
+        "values.",
         "- Metrics are the FP32 model's; the INT8 model's agreement with it is in "
         "`metrics/quantize.json`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _unknown_species(
@@ -210,9 +236,9 @@ def _unknown_species(
     return lines
 
 
-def _lookalikes(pairs: list[dict[str, Any]], species: list[dict[str, Any]]) -> list[str]:
+def _lookalikes(pairs: list[dict[str, Any]], species: Sequence[Species]) -> list[str]:
     """The test confusions across the venomous line, the costly ones first."""
-    common = {s["name"]: s["common"] for s in species}
+    common = {s.name: s.common for s in species}
     lines = ["## Look-alikes across the venomous line", ""]
     if not pairs:
         return [*lines, "No test photo was called a species across the venomous line.", ""]

@@ -1,4 +1,4 @@
-"""ONNX export with a parity check, and `model_meta.json`, the model's whole serving interface."""
+"""ONNX export's parity check, and the exported model's metadata (`snakeid.contract.ModelMeta`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from snakeid import __version__
 from snakeid.config import spec
-from snakeid.contract import INPUT_NAME, META_FORMAT, OUTPUT_NAME, UNKNOWN_NAME
+from snakeid.contract import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ModelMeta, PreprocessSpec
 from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
 from snakeid.onnx_export import output_names
@@ -114,47 +114,29 @@ def model_meta(
     unknown_score: dict[str, Any],
     data: dict[str, Any],
     evaluation: dict[str, Any],
-) -> dict[str, Any]:
-    """Everything an application needs to use the exported model without this repository, and
-    its provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline and
+) -> ModelMeta:
+    """The exported model's metadata (`snakeid.contract.ModelMeta`) from its checkpoint, with its
+    provenance: `data` (snakeid.card.data_provenance) and `evaluation` (the test headline and
     its `venomous_lookalikes`)."""
     adapted = (ckpt.params.get("adapt") or {}).get("backbones", [])
-    return {
-        "format": META_FORMAT,
-        "species": [
-            {"name": s["name"], "common": s["common"], "venomous": s["venomous"]}
-            for s in ckpt.species
-        ],
-        # where those species live (None: not stated); a snake from elsewhere may be none of them
-        "region": region,
-        "preprocess": ckpt.preprocess,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "output": "calibrated logits: softmax gives the probabilities (temperature applied)",
-        "unknown_output_name": UNKNOWN_NAME,
-        # higher = less likely one of `species`; "unknown" above decision.unknown_threshold
-        "unknown_score": {k: v for k, v in unknown_score.items() if k != "threshold"},
-        "temperature": ckpt.temperature,
-        "tta_flip": ckpt.tta_flip,
-        "backbone": "+".join(ckpt.backbone),
-        "image_size": ckpt.image_size,
-        # One input for every trunk; a trunk whose side differs resizes it inside the graph
-        # (bilinear), so `preprocess` is the whole preprocessing an application does.
-        # adapted: fine-tuned end to end on this model's training photos (`adapt.backbones`)
-        "trunks": [
+    return ModelMeta(
+        species=tuple(Species(s["name"], s["common"], s["venomous"]) for s in ckpt.species),
+        preprocess=PreprocessSpec.from_dict(ckpt.preprocess),
+        region=region,
+        unknown_threshold=unknown_score["threshold"],
+        unknown_score={k: v for k, v in unknown_score.items() if k != "threshold"},
+        low_confidence_threshold=ckpt.low_confidence_threshold,
+        venomous_threshold=ckpt.venomous_threshold,
+        temperature=ckpt.temperature,
+        tta_flip=ckpt.tta_flip,
+        backbone="+".join(ckpt.backbone),
+        image_size=ckpt.image_size,
+        trunks=tuple(
             {"backbone": b, "size": size, "adapted": b in adapted}
             for b, size in zip(ckpt.backbone, ckpt.trunk_sizes, strict=True)
-        ],
-        "params_digest": sha256_json(ckpt.params),
-        "created_by": f"snakeid {__version__}",
-        "decision": {
-            "low_confidence_threshold": ckpt.low_confidence_threshold,
-            # fitted on val: "possibly venomous" when P(any venomous species) ≥ this
-            "venomous_threshold": ckpt.venomous_threshold,
-            # fitted on held-out photos of known species: "not one of the species this model
-            # knows" when the unknown score is above this; an unknown snake is possibly venomous
-            "unknown_threshold": unknown_score["threshold"],
-        },
-        "data": data,
-        "evaluation": evaluation,
-    }
+        ),
+        params_digest=sha256_json(ckpt.params),
+        created_by=f"snakeid {__version__}",
+        data=data,
+        evaluation=evaluation,
+    )

@@ -7,10 +7,9 @@ wrote, never from copies in this repo.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,14 @@ from snakeid.calibration import softmax, venomous_probability
 from snakeid.contract import (
     DEFAULT_LOW_CONFIDENCE,
     DEFAULT_VENOMOUS_THRESHOLD,
-    INPUT_NAME,
     META_FILENAME,
-    META_FORMAT,
-    OUTPUT_NAME,
-    SYNTHETIC_SOURCE,
-    UNKNOWN_NAME,
+    ModelMetaError,
+    check_probability,
+    load_meta,
 )
 from snakeid.decision import HARMLESS, causes, flagged_unknown, reason, scope, verdicts
 from snakeid.onnxio import ort_session
-from snakeid.preprocess import PreprocessSpec, preprocess
+from snakeid.preprocess import preprocess
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 
@@ -45,121 +42,6 @@ DEFAULT_MODEL = Path("models/model_int8.onnx")  # relative to the working direct
 MODEL_ENV = "SNAKEID_MODEL"  # the model to use when --model is not given
 # The project an editable install runs from (src/snakeid/ is two levels below it).
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-class ModelMetaError(ValueError):
-    """`model_meta.json` is missing, malformed, or does not match the model."""
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    species: tuple[Species, ...]  # the model's output order
-    preprocess: PreprocessSpec
-    input_name: str = INPUT_NAME
-    output_name: str = OUTPUT_NAME
-    unknown_output_name: str = UNKNOWN_NAME
-    # "Not one of the species this model knows" when the unknown score is above this (fitted on
-    # held-out photos so that `finetune.known_pass_rate` of them pass; `from_dict` requires it)
-    unknown_threshold: float = float("inf")
-    backbone: str | None = None
-    image_size: int | None = None
-    params_digest: str | None = None
-    created_by: str | None = None
-    low_confidence_threshold: float | None = None
-    venomous_threshold: float | None = None
-    # where the training photos came from: "demo-synthetic" | "folder" | "inat" (data.source)
-    data_source: str | None = None
-    # where the species it knows live, e.g. "the Philippines" (the species file's `region`)
-    region: str | None = None
-
-    @property
-    def synthetic(self) -> bool:
-        """Trained on the demo's generated photos: not a model of real snakes."""
-        return self.data_source == SYNTHETIC_SOURCE
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "model_meta.json") -> ModelMeta:
-        """Validate the metadata the exporter wrote; errors name the file and the key."""
-        if not isinstance(raw, Mapping):
-            raise ModelMetaError(f"{source}: expected a JSON object")
-        if raw.get("format") != META_FORMAT:
-            raise ModelMetaError(
-                f"{source}: 'format' is {raw.get('format')!r}, this snakeid reads {META_FORMAT!r}"
-            )
-        species_raw = raw.get("species")
-        if not isinstance(species_raw, list) or not species_raw:
-            raise ModelMetaError(f"{source}: 'species' must be a non-empty list")
-        species = []
-        for i, item in enumerate(species_raw):
-            ok = (
-                isinstance(item, Mapping)
-                and isinstance(item.get("name"), str)
-                and isinstance(item.get("common"), str)
-                and isinstance(item.get("venomous"), bool)
-            )
-            if not ok:
-                raise ModelMetaError(
-                    f"{source}: species[{i}] must have string 'name' and 'common' and boolean "
-                    f"'venomous', got {item!r}"
-                )
-            species.append(
-                Species(item["name"], item["common"], item["venomous"], item.get("inat_id"))
-            )
-        try:
-            spec = PreprocessSpec.from_dict(raw.get("preprocess"))
-        except ValueError as e:
-            raise ModelMetaError(f"{source}: {e}") from e
-        image_size = raw.get("image_size")
-        if image_size is not None and image_size != spec.crop:
-            raise ModelMetaError(
-                f"{source}: image_size {image_size} differs from preprocess.crop {spec.crop}"
-            )
-        decision = raw.get("decision") or {}
-        if not isinstance(decision, Mapping):
-            raise ModelMetaError(f"{source}: 'decision' must be an object")
-        thresholds = {}
-        for key in ("low_confidence_threshold", "venomous_threshold"):
-            value = decision.get(key)
-            if value is not None:
-                try:
-                    thresholds[key] = _check_probability(value, f"{source}: decision.{key}")
-                except ValueError as e:
-                    raise ModelMetaError(str(e)) from e
-        for key in ("input_name", "output_name", "unknown_output_name"):
-            if not isinstance(raw.get(key, ""), str):
-                raise ModelMetaError(f"{source}: '{key}' must be a string")
-        unknown_threshold = decision.get("unknown_threshold")
-        if isinstance(unknown_threshold, bool) or not isinstance(unknown_threshold, int | float):
-            raise ModelMetaError(
-                f"{source}: decision.unknown_threshold must be a number, got {unknown_threshold!r}"
-            )
-        region = raw.get("region")
-        if region is not None and (not isinstance(region, str) or not region.strip()):
-            raise ModelMetaError(f"{source}: 'region' must be a non-empty string or null")
-        data = raw.get("data") or {}
-        if not isinstance(data, Mapping) or not isinstance(data.get("source", ""), str):
-            raise ModelMetaError(f"{source}: 'data' must be an object with a string 'source'")
-        return cls(
-            species=tuple(species),
-            preprocess=spec,
-            input_name=raw.get("input_name", INPUT_NAME),
-            output_name=raw.get("output_name", OUTPUT_NAME),
-            unknown_output_name=raw.get("unknown_output_name", UNKNOWN_NAME),
-            unknown_threshold=float(unknown_threshold),
-            backbone=raw.get("backbone"),
-            image_size=image_size,
-            params_digest=raw.get("params_digest"),
-            created_by=raw.get("created_by"),
-            data_source=data.get("source"),
-            region=region,
-            **thresholds,
-        )
-
-
-def _check_probability(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{what}: expected a probability in [0, 1], got {value!r}")
-    return float(value)
 
 
 def find_model(explicit: str | Path | None = None) -> Path:
@@ -185,21 +67,6 @@ def find_model(explicit: str | Path | None = None) -> Path:
 def default_meta_path(model_path: str | Path) -> Path:
     """The metadata of `models/x.onnx` is `models/model_meta.json`."""
     return Path(model_path).with_name(META_FILENAME)
-
-
-def load_meta(path: str | Path) -> ModelMeta:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelMetaError(
-            f"model metadata not found: {path} (the exporter writes it beside the model; "
-            "pass --meta to use another file)"
-        )
-    with open(path) as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ModelMetaError(f"{path}: not valid JSON ({e})") from e
-    return ModelMeta.from_dict(raw, str(path))
 
 
 @dataclass(frozen=True)
@@ -423,5 +290,5 @@ class Predictor:
 
 def _first(explicit: float | None, from_meta: float | None, default: float, what: str) -> float:
     if explicit is not None:
-        return _check_probability(explicit, what)
+        return check_probability(explicit, what)
     return from_meta if from_meta is not None else default

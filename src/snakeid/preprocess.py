@@ -12,14 +12,12 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from snakeid.contract import PreprocessSpec
 from snakeid.images import open_rgb
 
 # Same value as `verify.max_pixels` in params.yaml: training never saw a bigger photo either.
@@ -27,20 +25,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"}
 )
-
-# Keys whose value this implementation does not vary on: it supports exactly these.
-_FIXED = {
-    "color": "RGB",
-    "interpolation": "bilinear",
-    "antialias": True,
-    "crop_policy": "center",
-    "layout": "NCHW",
-}
-_VARIABLE = {"exif_transpose", "resize_shorter", "crop", "scale", "mean", "std"}
-
-
-class PreprocessSpecError(ValueError):
-    """The model's `preprocess` block asks for something this implementation cannot replay."""
 
 
 class UnreadableImage(ValueError):
@@ -57,74 +41,6 @@ class CorruptImage(UnreadableImage):
 
 class ImageTooLarge(UnreadableImage):
     """More pixels than the limit: a decompression bomb, or simply too big to be worth decoding."""
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    resize_shorter: int  # shorter side after the resize
-    crop: int  # side of the centre crop, i.e. the network input
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float = 1 / 255  # uint8 -> [0, 1]
-    exif_transpose: bool = True
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> PreprocessSpec:
-        """Validate a `preprocess` block; every error names the offending key."""
-        if not isinstance(raw, Mapping):
-            raise PreprocessSpecError("preprocess: expected a mapping")
-        unknown = sorted(set(raw) - set(_FIXED) - _VARIABLE)
-        if unknown:
-            raise PreprocessSpecError(f"preprocess: unknown key {unknown[0]!r}")
-        for key, value in _FIXED.items():
-            if key in raw and raw[key] != value:
-                raise PreprocessSpecError(
-                    f"preprocess.{key}: only {value!r} is supported, got {raw[key]!r}"
-                )
-        missing = sorted(k for k in ("resize_shorter", "crop", "mean", "std") if k not in raw)
-        if missing:
-            raise PreprocessSpecError(f"preprocess: missing key {missing[0]!r}")
-        for key in ("resize_shorter", "crop"):
-            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 1:
-                raise PreprocessSpecError(
-                    f"preprocess.{key}: expected a positive integer, got {raw[key]!r}"
-                )
-        if raw["resize_shorter"] < raw["crop"]:
-            # torchvision would zero-pad here; no exported model does this, so refuse it.
-            raise PreprocessSpecError(
-                f"preprocess.resize_shorter ({raw['resize_shorter']}) is smaller than "
-                f"preprocess.crop ({raw['crop']})"
-            )
-        triples = {}
-        for key in ("mean", "std"):
-            value = raw[key]
-            if (
-                not isinstance(value, Sequence)
-                or len(value) != 3
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            ):
-                raise PreprocessSpecError(f"preprocess.{key}: expected 3 numbers, got {value!r}")
-            triples[key] = tuple(float(v) for v in value)
-        if not all(triples["std"]):
-            raise PreprocessSpecError("preprocess.std: values must be non-zero")
-        scale = raw.get("scale", 1 / 255)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
-            raise PreprocessSpecError(
-                f"preprocess.scale: expected a positive number, got {scale!r}"
-            )
-        exif = raw.get("exif_transpose", True)
-        if not isinstance(exif, bool):
-            raise PreprocessSpecError(
-                f"preprocess.exif_transpose: expected true or false, got {exif!r}"
-            )
-        return cls(
-            resize_shorter=raw["resize_shorter"],
-            crop=raw["crop"],
-            mean=triples["mean"],
-            std=triples["std"],
-            scale=float(scale),
-            exif_transpose=exif,
-        )
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
