@@ -34,7 +34,7 @@ from _project import check, make_project, run_watched  # noqa: E402
 from _realdata import pooled_folder  # noqa: E402
 from snakeid.config import section  # noqa: E402
 from snakeid.contract import load_meta  # noqa: E402
-from snakeid.export import eval_batches  # noqa: E402
+from snakeid.data import eval_batches  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.onnxio import ort_session  # noqa: E402
 from snakeid.quantize import (  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from _inference import _ort, cores, time_variants  # noqa: E402
 from snakeid.config import load_params, section  # noqa: E402
-from snakeid.export import eval_batches  # noqa: E402
+from snakeid.data import eval_batches  # noqa: E402
 from snakeid.manifest import read_manifest  # noqa: E402
 from snakeid.models import DeployedModel, ModelConfig, build_model  # noqa: E402
 from snakeid.onnx_export import export_onnx  # noqa: E402

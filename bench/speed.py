@@ -53,10 +53,10 @@ import _report
 import _unit_costs
 from snakeid.checkpoint import load_checkpoint
 from snakeid.config import base_config, load_params, merge_params, section
-from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
+from snakeid.data import DataConfig, SplitDataset, eval_batches, eval_transform, train_transform
 from snakeid.engine import feature_engine, prefix_engine
 from snakeid.evaluate import evaluable
-from snakeid.export import ExportConfig, eval_batches
+from snakeid.export import ExportConfig
 from snakeid.manifest import read_manifest
 from snakeid.models import ModelConfig, build_model
 from snakeid.quantize import QuantizeConfig

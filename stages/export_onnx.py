@@ -9,11 +9,11 @@ from pathlib import Path
 from snakeid.card import bench_evidence, data_provenance, model_card
 from snakeid.checkpoint import load_checkpoint
 from snakeid.config import section
+from snakeid.data import eval_batches
 from snakeid.export import (
     PARITY_HEADLINE,
     ExportConfig,
     check_parity,
-    eval_batches,
     model_meta,
     model_region,
     parity,

@@ -8,8 +8,8 @@ import numpy as np
 
 from snakeid.config import section
 from snakeid.contract import load_meta
+from snakeid.data import eval_batches
 from snakeid.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes
-from snakeid.export import eval_batches
 from snakeid.manifest import read_manifest
 from snakeid.quantize import (
     HEADLINE,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig
+from snakeid.data import DataConfig, eval_batches
 from snakeid.errors import UserError
-from snakeid.export import eval_batches, parity
+from snakeid.export import parity
 from snakeid.manifest import read_manifest
 from snakeid.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
 from snakeid.onnx_export import export_onnx

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -135,3 +136,21 @@ class SplitDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.paths[i])), self.labels[i]
+
+
+def eval_batches(
+    rows: Sequence[dict[str, str]],
+    species: Sequence[Species] | None,
+    image_size: int,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """The shared eval transform applied to `rows`, as float32 NCHW numpy batches (`species`
+    None: photos of species the model does not know)."""
+    ds = SplitDataset(rows, species, eval_transform(image_size))
+    out, batch = [], []
+    for i in range(len(ds)):
+        batch.append(ds[i][0].numpy())
+        if len(batch) == batch_size or i == len(ds) - 1:
+            out.append(np.stack(batch))
+            batch = []
+    return out

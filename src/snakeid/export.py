@@ -13,7 +13,6 @@ import torch
 from snakeid import __version__
 from snakeid.config import spec
 from snakeid.contract import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ModelMeta, PreprocessSpec
-from snakeid.data import SplitDataset, eval_transform
 from snakeid.errors import UserError
 from snakeid.onnx_export import output_names
 from snakeid.taxa import Species
@@ -33,24 +32,6 @@ class ExportConfig:
     # Where the species live, e.g. "the Philippines", when the species file does not say it
     # (its top-level `region`); shown by predict, the page and the model card.
     region: str | None = None
-
-
-def eval_batches(
-    rows: Sequence[dict[str, str]],
-    species: Sequence[Species] | None,
-    image_size: int,
-    batch_size: int = 32,
-) -> list[np.ndarray]:
-    """The shared eval transform applied to `rows`, as float32 NCHW numpy batches (`species`
-    None: photos of species the model does not know)."""
-    ds = SplitDataset(rows, species, eval_transform(image_size))
-    out, batch = [], []
-    for i in range(len(ds)):
-        batch.append(ds[i][0].numpy())
-        if len(batch) == batch_size or i == len(ds) - 1:
-            out.append(np.stack(batch))
-            batch = []
-    return out
 
 
 def parity(model: torch.nn.Module, session: Any, batches: Sequence[np.ndarray]) -> dict[str, Any]:
