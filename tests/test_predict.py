@@ -386,6 +386,22 @@ def test_cli_exit_codes(model_dir, photos, tmp_path, capsys) -> None:
     assert code == 2
     code, _, err = run_cli(capsys, "predict", str(photos), "--model", model, "--top-k", "9")
     assert code == 2 and "top-k must be between 1 and 4" in err
+    code, _, err = run_cli(capsys, "predict", str(photos), "--model", model, "--batch-size", "0")
+    assert code == 2 and err.strip() == "snakeid: error: batch_size must be at least 1, got 0"
+
+
+def test_cli_lets_a_bug_raise_instead_of_calling_it_a_usage_error(
+    model_dir, photos, monkeypatch
+) -> None:
+    """Only the project's own error types are the user's to fix; any other ValueError is a bug
+    and keeps its traceback."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr("snakeid.cli.Predictor", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["predict", str(photos), "--model", str(model_dir[0])])
 
 
 def _help_blocks(text: str) -> dict[str, str]:

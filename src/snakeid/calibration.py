@@ -123,3 +123,9 @@ def calibrate_on_val(
         "val_nll_after": nll(logits, labels, t),
         "val_venomous_rule": venomous_rule_report(pv, is_v, threshold),
     }
+
+
+def ranked(probs: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Class indices by probability along the last axis, highest first and ties in class order
+    (a stable sort, so every consumer ranks alike); the first `k`."""
+    return np.argsort(-probs, axis=-1, kind="stable")[..., :k]

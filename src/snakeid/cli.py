@@ -21,6 +21,7 @@ from typing import Any, Protocol, TextIO
 from snakeid import __version__
 from snakeid.contract import DEFAULT_LOW_CONFIDENCE, DEFAULT_VENOMOUS_THRESHOLD
 from snakeid.decision import HEADLINES, VERDICTS
+from snakeid.errors import InvalidValue, UserError
 from snakeid.predict import (
     DEFAULT_MODEL,
     MODEL_ENV,
@@ -184,7 +185,7 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-class NoImagesFound(ValueError):
+class NoImagesFound(InvalidValue):
     """A folder given on the command line holds no image file: nothing to classify there."""
 
 
@@ -292,7 +293,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             venomous_threshold=args.venomous_threshold,
         )
         top_k = predictor.check_top_k(args.top_k)
-    except (FileNotFoundError, ValueError) as e:  # bad model, metadata, flags or folder
+    except (FileNotFoundError, UserError) as e:  # bad model, metadata, flags or folder
         return _fail(str(e))
     if predictor.meta.synthetic:
         print(f"snakeid: warning: {SYNTHETIC_WARNING}", file=sys.stderr)
@@ -513,7 +514,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             threads=args.threads,
         )
-    except ValueError as e:
+    except UserError as e:
         return _fail(str(e))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snakeid.errors import InvalidValue
 from snakeid.taxa import Species
 
 META_FORMAT = "snakeid-model/2"  # 2: the unknown-species score (output and threshold)
@@ -42,7 +43,7 @@ _FIXED = {
 _VARIABLE = {"exif_transpose", "resize_shorter", "crop", "scale", "mean", "std"}
 
 
-class PreprocessSpecError(ValueError):
+class PreprocessSpecError(InvalidValue):
     """The model's `preprocess` block asks for something this implementation cannot replay."""
 
 
@@ -125,7 +126,7 @@ class PreprocessSpec:
         }
 
 
-class ModelMetaError(ValueError):
+class ModelMetaError(InvalidValue):
     """`model_meta.json` is missing, malformed, or does not match the model."""
 
 
@@ -305,9 +306,9 @@ def _decision(raw: Any, source: str) -> dict[str, float]:
 
 
 def check_probability(value: Any, what: str) -> float:
-    """`value` as a float in [0, 1]; else a ValueError that starts with `what`."""
+    """`value` as a float in [0, 1]; else an `InvalidValue` that starts with `what`."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{what}: expected a probability in [0, 1], got {value!r}")
+        raise InvalidValue(f"{what}: expected a probability in [0, 1], got {value!r}")
     return float(value)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from snakeid.calibration import ranked
 from snakeid.taxa import Species
 
 VENOMOUS, POSSIBLY_VENOMOUS, HARMLESS = "venomous", "possibly_venomous", "harmless"
@@ -116,7 +117,7 @@ def reason(
     low_confidence: bool = False,
 ) -> str:
     """The cause of one photo's verdict in plain words, from its probabilities (C,)."""
-    order = np.argsort(-probs, kind="stable")
+    order = ranked(probs)
     top = species[order[0]]
     p_top = float(probs[order[0]])
     if cause == UNKNOWN_SPECIES:

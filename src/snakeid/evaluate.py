@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snakeid.calibration import (
+    ranked,
     softmax,
     tradeoff_point,
     venomous_probability,
@@ -22,7 +23,14 @@ from snakeid.calibration import (
 )
 from snakeid.config import spec
 from snakeid.data import SplitDataset, eval_transform
-from snakeid.decision import CAUSES, HARMLESS, VERDICTS, causes, flagged_unknown, verdicts
+from snakeid.decision import (
+    CAUSES,
+    HARMLESS,
+    VERDICTS,
+    causes,
+    flagged_unknown,
+    verdicts,
+)
 from snakeid.errors import UserError
 from snakeid.metrics import bootstrap_intervals, classification_report, expected_calibration_error
 from snakeid.openset import open_set_rates
@@ -302,7 +310,7 @@ def prediction_rows(
     verdict = verdicts(ev.causes)
     out = []
     for i, (row, p, y, pv) in enumerate(zip(ev.rows, ev.probs, ev.labels, p_venomous, strict=True)):
-        top = np.argsort(-p, kind="stable")[:k]
+        top = ranked(p, k)
         rec: dict[str, Any] = {
             "path": row["path"],
             "photo_id": row["photo_id"],

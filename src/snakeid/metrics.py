@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from snakeid.calibration import ranked
 from snakeid.taxa import Species
 
 
@@ -32,7 +33,7 @@ def classification_report(
         y_true, y_pred, labels=labels, zero_division=0
     )
     venomous = np.array([s.venomous for s in species])
-    top3 = np.argsort(-probs, axis=1)[:, :3]
+    top3 = ranked(probs, 3)
     true_v, pred_v = venomous[y_true], venomous[y_pred]
     n_v, n_h = int(true_v.sum()), int((~true_v).sum())
     return {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.calibration import softmax, venomous_probability
+from snakeid.calibration import ranked, softmax, venomous_probability
 from snakeid.contract import (
     DEFAULT_LOW_CONFIDENCE,
     DEFAULT_VENOMOUS_THRESHOLD,
@@ -27,6 +27,7 @@ from snakeid.contract import (
     load_meta,
 )
 from snakeid.decision import HARMLESS, causes, flagged_unknown, reason, scope, verdicts
+from snakeid.errors import InvalidValue
 from snakeid.onnxio import ort_session
 from snakeid.preprocess import preprocess
 from snakeid.taxa import Species
@@ -137,9 +138,9 @@ class Predictor:
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model not found: {self.model_path}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidValue(f"batch_size must be at least 1, got {batch_size}")
         if threads < 0:
-            raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
+            raise InvalidValue(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
         self.meta = load_meta(meta_path or default_meta_path(self.model_path))
         self.batch_size = batch_size
         # An explicit argument wins, then the exporter's decision block, then the default.
@@ -219,7 +220,7 @@ class Predictor:
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.species):
-            raise ValueError(
+            raise InvalidValue(
                 f"top-k must be between 1 and {len(self.species)} (the model's species), "
                 f"got {top_k}"
             )
@@ -253,7 +254,7 @@ class Predictor:
     def summarise(self, probs: np.ndarray, unknown_score: float, top_k: int) -> ImageResult:
         """One row of probabilities and its unknown score -> top-k predictions, the flags and the
         verdict."""
-        order = np.argsort(-probs, kind="stable")[:top_k]
+        order = ranked(probs, top_k)
         predictions = tuple(
             Prediction(
                 species=self.species[i].name,

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snakeid import __version__
 from snakeid.decision import HEADLINES
+from snakeid.errors import InvalidValue
 from snakeid.predict import SYNTHETIC_WARNING, Predictor
 from snakeid.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -161,9 +162,9 @@ def create_app(
 ) -> FastAPI:
     """Load the model once and return the app that serves it."""
     if max_upload_bytes < 1:
-        raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+        raise InvalidValue(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     if max_pixels < 1:
-        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        raise InvalidValue(f"max_pixels must be positive, got {max_pixels}")
     predictor = Predictor(
         model_path,
         meta_path,
