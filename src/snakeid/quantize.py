@@ -47,7 +47,8 @@ class QuantizeConfig:
     # entropy (ranges that keep each activation's histogram, KL-closest): on real photos the
     # INT8 model agrees with FP32 on 98-99 % of test photos, against 97.8 % by minmax
     # (bench/int8.md). Histograms are collected `CALIBRATION_STRIDE` photos at a time, so memory
-    # stays flat in the number of photos; minmax is about 3x faster.
+    # stays flat in the number of photos; it costs memory and time all the same: the demo's
+    # stage peaks at 4.8 GB in 60 s, against 2.2 GB in 28 s by minmax.
     calibrate_method: str = field(
         default="entropy", metadata=spec(choices=("minmax", "entropy", "percentile"))
     )
