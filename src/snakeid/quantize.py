@@ -3,10 +3,11 @@
 Static QDQ (per-channel int8 weights, uint8 activations calibrated on training photos through the
 shared eval transform) is the default: on this CNN it is both faster and more faithful than dynamic
 quantization, which only quantizes weights and leaves every convolution's activations in FP32.
-The recipe (stratified calibration photos, the first three layers of each trunk in FP32, bias
-correction) was chosen on real photos by bench/int8.py. If quantization or the INT8 model
-fails, or the INT8 model is not good enough by the thresholds in params (judged by confidence
-bounds: `check_int8`), this stage fails: there is no silent fallback to FP32.
+The recipe (stratified calibration photos, entropy-calibrated activation ranges, the first three
+layers of each trunk in FP32, bias correction) was chosen on real photos by bench/int8.py. If
+quantization or the INT8 model fails, or the INT8 model is not good enough by the thresholds in
+params (judged by confidence bounds: `check_int8`), this stage fails: there is no silent fallback
+to FP32.
 """
 
 from __future__ import annotations
