@@ -40,8 +40,8 @@ repro: install ## install, then run the whole pipeline (dvc repro)
 test: install-test ## install with test extras, then run the whole test suite
 	$(RUN) python -m pytest
 
-lint: install-test ## ruff lint and format check
-	$(RUN) ruff check . && $(RUN) ruff format --check .
+lint: install-test ## ruff lint and format check, and the import layers (lint-imports)
+	$(RUN) ruff check . && $(RUN) ruff format --check . && $(RUN) lint-imports
 
 format: install-test ## apply ruff fixes and formatting
 	$(RUN) ruff check --fix . && $(RUN) ruff format .

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from snakeid.contract import INPUT_NAME, OUTPUT_NAME
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
-from snakeid.quantize import QuantizeConfig, quantize
+from snakeid.deploy.quantize import QuantizeConfig, quantize
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
 
 _logger = logging.getLogger("bench.inference")
 

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from snakeid.data import load_rgb
-from snakeid.manifest import read_manifest
-from snakeid.train import FeatureCache
+from snakeid.data.dataset import load_rgb
+from snakeid.data.manifest import read_manifest
+from snakeid.train.features import FeatureCache
 
 
 def _rate(fn: Callable[[str], Any], paths: Sequence[str], threads: int) -> float:
@@ -95,7 +95,7 @@ def loader_workers(
     rounds: int,
 ) -> dict[str, Any]:
     """FeatureCache.fill throughput per DataLoader workers; `run` is the frozen prefix
-    train_head caches, as `snakeid.engine.prefix_engine` runs it."""
+    train_head caches, as `snakeid.model.engine.prefix_engine` runs it."""
     subset = Subset(dataset, range(min(n, len(dataset))))
     rates: dict[int, list[float]] = {w: [] for w in workers}
     for r in range(rounds):

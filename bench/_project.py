@@ -113,7 +113,7 @@ def run_watched(
                         if info is None:
                             info = procs[q.pid] = _Proc("", q.create_time())
                         # Every command line the pid shows: it changes at each exec (`env`,
-                        # snakeid.distributed) and reads empty while one is in progress.
+                        # snakeid.train.distributed) and reads empty while one is in progress.
                         cmdline = " ".join(q.cmdline())
                         if cmdline and cmdline not in info.cmdline:
                             info.cmdline += f" | {cmdline}"

@@ -14,16 +14,17 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from snakeid import verify
 from snakeid.config import section, to_dict
-from snakeid.data import DataConfig
-from snakeid.engine import prefix_engine
-from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, build_model
-from snakeid.sources import DownloadConfig, run_download
+from snakeid.data import verify
+from snakeid.data.dataset import DataConfig
+from snakeid.data.manifest import read_manifest
+from snakeid.data.sources import DownloadConfig, run_download
+from snakeid.model.engine import prefix_engine
+from snakeid.model.models import ModelConfig, build_model
 from snakeid.taxa import Species
-from snakeid.train import AdaptConfig, FeatureCache, view_datasets
 from snakeid.train.adapt import adapt_trunks
+from snakeid.train.config import AdaptConfig
+from snakeid.train.features import FeatureCache, view_datasets
 
 ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Adapted trunks (`adapt.backbones`), measured as the pipeline runs them: train_head adapts on

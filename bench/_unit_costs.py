@@ -38,9 +38,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from snakeid.contract import INPUT_NAME, OUTPUT_NAME
-from snakeid.models import SnakeNet
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
+from snakeid.model.models import SnakeNet
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
 
 
 def _batches(ds: Dataset, batch_size: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:

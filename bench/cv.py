@@ -9,16 +9,16 @@ Protocol:
   verify params of params.yaml) into a work dir under /tmp. A folder that comes with train/ and
   val/ is pooled first: cross-validation uses every photo.
 * The frozen backbones run once per photo and view through the pipeline's own feature code
-  (`snakeid.train.view_datasets`, `FeatureCache.fill`, `prefix_engine`): view 0 is the eval
+  (`snakeid.train.features.view_datasets`, `FeatureCache.fill`, `prefix_engine`): view 0 is the eval
   transform, views 1.. the training augmentation. One pass of the multi-backbone model gives every
   trunk's pooled features; a single-backbone recipe reads its trunk's columns. The previous
   default (Lite0 with 2 fine-tuned blocks) needs features before those blocks: a second pass.
-* k folds, stratified by species and grouped by observation (`snakeid.probe.grouped_folds`).
+* k folds, stratified by species and grouped by observation (`snakeid.model.probe.grouped_folds`).
   Every recipe trains on k-1 folds and is scored on the held-out fold, with the pipeline's own
-  functions: the linear probe (`snakeid.probe`) with the refit protocol of `train_head` (temperature
-  and venomous threshold from out-of-fold logits of the training folds), and the AdamW recipes
-  (`snakeid.train.fit_tail`) with an inner grouped val split for epoch and calibration, as in the
-  pipeline without refit.
+  functions: the linear probe (`snakeid.model.probe`) with the refit protocol of `train_head`
+  (temperature and venomous threshold from out-of-fold logits of the training folds), and the
+  AdamW recipes (`snakeid.train.loop.fit_tail`) with an inner grouped val split for epoch and
+  calibration, as in the pipeline without refit.
 * `probe_views_adapt_<trunk>`: the real-photo setting (`adapt.backbones`) as the pipeline runs
   it: per fold, the trunk fine-tuned end to end on the training photos outside one inner fold,
   which alone calibrates (`adapted_probe_recipe`).
@@ -59,36 +59,36 @@ from _realdata import (  # noqa: E402
     features,
     miss_target_threshold,
 )
-from snakeid import verify  # noqa: E402
-from snakeid.calibration import (  # noqa: E402
+from snakeid.config import BaseConfig, load_params, section, to_dict  # noqa: E402
+from snakeid.data import verify  # noqa: E402
+from snakeid.data.dataset import DataConfig  # noqa: E402
+from snakeid.data.manifest import read_manifest  # noqa: E402
+from snakeid.data.sources import DownloadConfig, run_download  # noqa: E402
+from snakeid.data.split import observation_key  # noqa: E402
+from snakeid.model.calibration import (  # noqa: E402
     bayes_threshold,
     calibrate_on_val,
     softmax,
     venomous_probability,
     venomous_rule_report,
 )
-from snakeid.config import BaseConfig, load_params, section, to_dict  # noqa: E402
-from snakeid.data import DataConfig  # noqa: E402
-from snakeid.manifest import read_manifest  # noqa: E402
-from snakeid.metrics import balanced_accuracy, macro_f1  # noqa: E402
-from snakeid.models import ModelConfig, SnakeNet, build_model, trunk_sizes  # noqa: E402
-from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
-from snakeid.sources import DownloadConfig, run_download  # noqa: E402
-from snakeid.split import observation_key  # noqa: E402
+from snakeid.model.metrics import balanced_accuracy, macro_f1  # noqa: E402
+from snakeid.model.models import ModelConfig, SnakeNet, build_model, trunk_sizes  # noqa: E402
+from snakeid.model.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
+from snakeid.model.runtime import seed_everything  # noqa: E402
 from snakeid.taxa import Species, label_index, load_species  # noqa: E402
-from snakeid.train import (  # noqa: E402
+from snakeid.train.config import (  # noqa: E402
     AdaptConfig,
-    FeatureCache,
     FinetuneConfig,
     LossConfig,
     Setup,
     TrainHeadConfig,
     finetune_settings,
     fit_spec,
-    fit_tail,
-    freeze_all_but,
 )
-from snakeid.utils import seed_everything, write_json  # noqa: E402
+from snakeid.train.features import FeatureCache  # noqa: E402
+from snakeid.train.loop import fit_tail, freeze_all_but  # noqa: E402
+from snakeid.utils import write_json  # noqa: E402
 
 _logger = logging.getLogger("cv")
 
@@ -378,7 +378,7 @@ def main() -> None:
     if args.fast:
         species = load_species(REPO / "data/taxa.yaml")[:5]
         if not (work / "clean/manifest.csv").exists():
-            from snakeid.sources.demo import DemoConfig
+            from snakeid.data.sources.demo import DemoConfig
 
             demo = DemoConfig(observations_rare=6, observations_common=10, image_size=96,
                               broken_files=0, duplicates=0)  # fmt: skip

@@ -3,7 +3,7 @@
 For each seed, the real pipeline (`dvc repro export_onnx` in a fresh copy of this project, the
 default params but for the folder source, the photo set's species file, no species held out and
 that seed) trains and exports the FP32 model; every quantization recipe below is then applied to
-that model with the pipeline's own `snakeid.quantize` and compared with it on the seed's test
+that model with the pipeline's own `snakeid.deploy.quantize` and compared with it on the seed's test
 photos, which neither the model nor the quantizer's calibration saw. Reported: mean ± sd over
 seeds, and every seed's value.
 
@@ -34,10 +34,10 @@ from _project import check, make_project, run_watched  # noqa: E402
 from _realdata import pooled_folder  # noqa: E402
 from snakeid.config import section  # noqa: E402
 from snakeid.contract import load_meta  # noqa: E402
-from snakeid.data import eval_batches  # noqa: E402
-from snakeid.manifest import read_manifest  # noqa: E402
-from snakeid.onnxio import ort_session  # noqa: E402
-from snakeid.quantize import (  # noqa: E402
+from snakeid.data.dataset import eval_batches  # noqa: E402
+from snakeid.data.manifest import read_manifest  # noqa: E402
+from snakeid.data.split import model_species  # noqa: E402
+from snakeid.deploy.quantize import (  # noqa: E402
     QuantizeConfig,
     calibration_rows,
     compare,
@@ -45,7 +45,7 @@ from snakeid.quantize import (  # noqa: E402
     quantize,
     run_probs,
 )
-from snakeid.split import model_species  # noqa: E402
+from snakeid.model.onnxio import ort_session  # noqa: E402
 from snakeid.stage import stage_inputs  # noqa: E402
 from snakeid.taxa import label_index  # noqa: E402
 

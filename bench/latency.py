@@ -2,8 +2,9 @@
 
     python bench/latency.py --out bench/latency.json     # markdown beside it (~3 min)
 
-Both models are built by `snakeid.models.build_model` (pretrained trunks, a 17-species head),
-exported by `snakeid.export.export_onnx` and quantized by `snakeid.quantize.quantize` with the
+Both models are built by `snakeid.model.models.build_model` (pretrained trunks, a 17-species head),
+exported by `snakeid.model.export.export_onnx` and quantized by
+`snakeid.deploy.quantize.quantize` with the
 `quantize` section of params.yaml, calibrated on the same photos (the demo split's training
 photos when `data/split` exists, else random tensors: latency does not depend on the values).
 Every variant is timed in the same rounds (`bench/_inference.time_variants`: a block of calls
@@ -27,11 +28,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from _inference import _ort, cores, time_variants  # noqa: E402
 from snakeid.config import load_params, section  # noqa: E402
-from snakeid.data import eval_batches  # noqa: E402
-from snakeid.manifest import read_manifest  # noqa: E402
-from snakeid.models import DeployedModel, ModelConfig, build_model  # noqa: E402
-from snakeid.onnx_export import export_onnx  # noqa: E402
-from snakeid.quantize import QuantizeConfig, quantize  # noqa: E402
+from snakeid.data.dataset import eval_batches  # noqa: E402
+from snakeid.data.manifest import read_manifest  # noqa: E402
+from snakeid.deploy.quantize import QuantizeConfig, quantize  # noqa: E402
+from snakeid.model.models import DeployedModel, ModelConfig, build_model  # noqa: E402
+from snakeid.model.onnx_export import export_onnx  # noqa: E402
 from snakeid.taxa import load_species  # noqa: E402
 from snakeid.utils import write_json  # noqa: E402
 

@@ -13,7 +13,7 @@ Protocol:
   deals them again with another shuffle, so that each species is held out with other company.
   A rotation's held-out species are the "unknown" ones: none of their photos is seen by any fit.
 * Within a rotation, grouped (by observation) stratified k-fold over the known species' photos
-  (`snakeid.probe.grouped_folds`). On the training folds: the probe (`fit_probe`, `--views`
+  (`snakeid.model.probe.grouped_folds`). On the training folds: the probe (`fit_probe`, `--views`
   views, C = `--c`), as train_head refits it, and every score's statistics (view 0 features).
   The threshold of each score and the temperature + venomous threshold of the "possibly venomous"
   rule are fitted on out-of-fold values of the training folds (an inner grouped k-fold, the
@@ -67,22 +67,22 @@ from _realdata import (  # noqa: E402
     COST_RATIOS,
     miss_target_threshold,
 )
-from snakeid.calibration import (  # noqa: E402
+from snakeid.config import to_dict  # noqa: E402
+from snakeid.model.calibration import (  # noqa: E402
     bayes_threshold,
     calibrate_on_val,
     softmax,
     venomous_probability,
 )
-from snakeid.config import to_dict  # noqa: E402
-from snakeid.decision import (  # noqa: E402
+from snakeid.model.decision import (  # noqa: E402
     HARMLESS,
     causes,
     flagged_unknown,
     venomous_or_unknown,
     verdicts,
 )
-from snakeid.metrics import macro_f1  # noqa: E402
-from snakeid.openset import (  # noqa: E402
+from snakeid.model.metrics import macro_f1  # noqa: E402
+from snakeid.model.openset import (  # noqa: E402
     Combined,
     Energy,
     Mahalanobis,
@@ -94,9 +94,9 @@ from snakeid.openset import (  # noqa: E402
     open_set_rates,
     size_mb,
 )
-from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
+from snakeid.model.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views  # noqa: E402
 from snakeid.taxa import Species  # noqa: E402
-from snakeid.train import AdaptConfig, FinetuneConfig  # noqa: E402
+from snakeid.train.config import AdaptConfig, FinetuneConfig  # noqa: E402
 from snakeid.utils import write_json  # noqa: E402
 
 _logger = logging.getLogger("openset")
@@ -146,7 +146,7 @@ PER_CLASS_THRESHOLDS: dict[str, str] = {
     "msp_t4+knn1_sqrt_per_class_thresholds": "msp_t4+knn1_sqrt_per_class",
 }
 PER_CLASS_MIN_PHOTOS = 10
-DEPLOYED = "deployed"  # `snakeid.openset.UnknownScore`, what the pipeline exports
+DEPLOYED = "deployed"  # `snakeid.model.openset.UnknownScore`, what the pipeline exports
 DEPLOYED_VIEW0 = "deployed_view0_bank"  # the same, its bank rows view 0 alone (the ablation)
 # what the venomous rule alone gives (nothing flagged unknown)
 NO_SCORE_METRICS = ("dangerous_rate", "unknown_venomous_caught_rate", "known_harmless_alerted_rate")
@@ -186,9 +186,9 @@ def real_photos(data: Path, species_file: Path | None, cv_work: Path, views: int
     """bench/cv.py's photos and cached pooled features (the same loading code, so the rows line up
     with its cache)."""
     from snakeid.config import load_params
-    from snakeid.data import DataConfig
-    from snakeid.models import ModelConfig, build_model, trunk_sizes
-    from snakeid.split import observation_key
+    from snakeid.data.dataset import DataConfig
+    from snakeid.data.split import observation_key
+    from snakeid.model.models import ModelConfig, build_model, trunk_sizes
     from snakeid.taxa import load_species
 
     species = load_species(species_file or data / "species.yaml")
@@ -217,7 +217,7 @@ def adapted(
 ) -> Photos:  # fmt: skip
     """`photos` with the adapted trunks' columns (`_realdata.adapted`): adapted on the known
     `train` photos (an outer fold's training photos outside `CALIBRATION_FOLD`)."""
-    from snakeid.data import DataConfig
+    from snakeid.data.dataset import DataConfig
 
     assert photos.rows is not None, "adaptation trains on photos: real data only"
     known = [sp for i, sp in enumerate(photos.species) if i not in held]
@@ -328,7 +328,7 @@ class Decisions:
     def report(self, scores: np.ndarray, threshold: float) -> dict[str, float]:
         """`evaluate`'s open-set rates, the known harmless photos alerted (flagged unknown OR
         possibly venomous), and the shares of each kind of photo told harmless by the verdict
-        `snakeid predict` gives (`snakeid.decision`: no warning of any kind)."""
+        `snakeid predict` gives (`snakeid.model.decision`: no warning of any kind)."""
         n = self.n_test
         told = verdicts(
             causes(self.probs, self.venomous, flagged_unknown(scores, threshold),
@@ -690,7 +690,8 @@ def trade_off_lines(trade_off: dict[str, Any], meta: dict[str, Any]) -> list[str
         "rotation's caught share in brackets.",
         "",
         "",
-        "The last three columns are `snakeid predict`'s verdict (`snakeid.decision`: warned when "
+        "The last three columns are `snakeid predict`'s verdict (`snakeid.model.decision`: "
+        "warned when "
         "flagged unknown, a venomous top-1, low confidence or over the venomous threshold): the "
         "share of known harmless, known venomous and unknown venomous photos told *harmless*, "
         "i.e. given no warning of any kind.",
@@ -813,7 +814,7 @@ def markdown(result: dict[str, Any]) -> str:
         f", AUROC {rec['mean']['auroc']:.3f} vs MSP {cands['msp']['mean']['auroc']:.3f}, "
         f"{rec['size_mb']:.2f} MB of float32 constants.",
         "",
-        f"`{DEPLOYED}` is the score the pipeline exports (`snakeid.openset.UnknownScore`, "
+        f"`{DEPLOYED}` is the score the pipeline exports (`snakeid.model.openset.UnknownScore`, "
         f"`{UnknownScore.NAME}`), fitted as `finetune` fits it: calibrated logits, and a bank "
         f"row is a training photo's pooled features averaged over its cached views "
         f"(`{DEPLOYED_VIEW0}`: view 0 alone, the eval transform, as every query). "

@@ -51,18 +51,24 @@ import _loading
 import _project
 import _report
 import _unit_costs
-from snakeid.checkpoint import load_checkpoint
 from snakeid.config import base_config, load_params, merge_params, section
-from snakeid.data import DataConfig, SplitDataset, eval_batches, eval_transform, train_transform
-from snakeid.engine import feature_engine, prefix_engine
-from snakeid.evaluate import evaluable
-from snakeid.export import ExportConfig
-from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, build_model
-from snakeid.quantize import QuantizeConfig
-from snakeid.split import model_species
+from snakeid.data.dataset import (
+    DataConfig,
+    SplitDataset,
+    eval_batches,
+    eval_transform,
+    train_transform,
+)
+from snakeid.data.manifest import read_manifest
+from snakeid.data.split import model_species
+from snakeid.deploy.quantize import QuantizeConfig
+from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.engine import feature_engine, prefix_engine
+from snakeid.model.export import ExportConfig
+from snakeid.model.models import ModelConfig, build_model
 from snakeid.taxa import label_index, load_species
-from snakeid.train import FinetuneConfig, TrainHeadConfig, finetune_settings, prepare
+from snakeid.train.config import FinetuneConfig, TrainHeadConfig, finetune_settings, prepare
+from snakeid.train.evaluate import evaluable
 from snakeid.utils import setup_logging
 
 _logger = logging.getLogger("bench")

@@ -34,12 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from snakeid.checkpoint import load_checkpoint
 from snakeid.config import load_params, section
-from snakeid.data import SplitDataset, eval_transform, train_transform
-from snakeid.metrics import balanced_accuracy, macro_f1
-from snakeid.models import ModelConfig, SnakeNet, build_model
-from snakeid.train import (
+from snakeid.data.dataset import SplitDataset, eval_transform, train_transform
+from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.metrics import balanced_accuracy, macro_f1
+from snakeid.model.models import ModelConfig, SnakeNet, build_model
+from snakeid.model.runtime import worker_seed
+from snakeid.train.config import (
     FinetuneConfig,
     Setup,
     TrainHeadConfig,
@@ -47,7 +48,7 @@ from snakeid.train import (
     finetune_settings,
     prepare,
 )
-from snakeid.utils import setup_logging, worker_seed
+from snakeid.utils import setup_logging
 
 _logger = logging.getLogger("study_loop")
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from snakeid.config import section
-from snakeid.sources import DownloadConfig, run_download
+from snakeid.data.sources import DownloadConfig, run_download
 from snakeid.stage import run_stage, stage_inputs
 
 

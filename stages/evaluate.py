@@ -7,11 +7,17 @@ CPU, which export_onnx checks against PyTorch to 1e-3 in logits)."""
 import argparse
 from pathlib import Path
 
-from snakeid.checkpoint import load_checkpoint
 from snakeid.config import section
-from snakeid.data import DataConfig
-from snakeid.engine import feature_engine, prefix_engine
-from snakeid.evaluate import (
+from snakeid.data.dataset import DataConfig
+from snakeid.data.manifest import read_manifest
+from snakeid.data.split import UNKNOWN, model_species
+from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.engine import feature_engine, prefix_engine
+from snakeid.model.models import deployed
+from snakeid.model.openset import UnknownScore
+from snakeid.model.runtime import resolve_device, seed_everything, set_threads
+from snakeid.stage import run_stage, stage_inputs
+from snakeid.train.evaluate import (
     EvaluateConfig,
     evaluate,
     headline,
@@ -23,12 +29,7 @@ from snakeid.evaluate import (
     prediction_rows,
     tradeoff_rows,
 )
-from snakeid.manifest import read_manifest
-from snakeid.models import deployed
-from snakeid.openset import UnknownScore
-from snakeid.split import UNKNOWN, model_species
-from snakeid.stage import run_stage, stage_inputs
-from snakeid.utils import resolve_device, seed_everything, set_threads, write_csv, write_json
+from snakeid.utils import write_csv, write_json
 
 
 def main() -> None:

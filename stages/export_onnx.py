@@ -6,11 +6,13 @@ import json
 import logging
 from pathlib import Path
 
-from snakeid.card import bench_evidence, data_provenance, model_card
-from snakeid.checkpoint import load_checkpoint
 from snakeid.config import section
-from snakeid.data import eval_batches
-from snakeid.export import (
+from snakeid.data.dataset import eval_batches
+from snakeid.data.manifest import read_manifest
+from snakeid.data.split import model_species
+from snakeid.deploy.card import bench_evidence, data_provenance, model_card
+from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.export import (
     PARITY_HEADLINE,
     ExportConfig,
     check_parity,
@@ -18,14 +20,13 @@ from snakeid.export import (
     model_region,
     parity,
 )
-from snakeid.manifest import read_manifest
-from snakeid.models import deployed
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
-from snakeid.openset import UnknownScore
-from snakeid.split import model_species
+from snakeid.model.models import deployed
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
+from snakeid.model.openset import UnknownScore
+from snakeid.model.runtime import set_threads
 from snakeid.stage import run_stage, stage_inputs
-from snakeid.utils import set_threads, write_json
+from snakeid.utils import write_json
 
 _logger = logging.getLogger("export_onnx")
 

@@ -1,6 +1,6 @@
 """Stage finetune: unfreeze the last feature block(s) and train them with the classifier, then
 fit the softmax temperature and the "possibly venomous" threshold on held-out logits, and the
-unknown-species score (`snakeid.openset.UnknownScore`) on held-out photos.
+unknown-species score (`snakeid.model.openset.UnknownScore`) on held-out photos.
 
 With `finetune.enabled: false` the head is the final model and only the calibration runs.
 
@@ -13,29 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from snakeid import distributed
-from snakeid.calibration import calibrate_on_val
-from snakeid.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from snakeid.config import load_params, section
 from snakeid.errors import UserError
-from snakeid.live import CURVES, EpochLog
-from snakeid.models import SnakeNet
-from snakeid.openset import UnknownScore
+from snakeid.model.calibration import calibrate_on_val
+from snakeid.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from snakeid.model.models import SnakeNet
+from snakeid.model.openset import UnknownScore
+from snakeid.model.runtime import resolve_device
 from snakeid.stage import run_stage
-from snakeid.train import (
-    Caches,
+from snakeid.train import distributed
+from snakeid.train.config import (
     FinetuneConfig,
-    Holdout,
     Setup,
     TrainHeadConfig,
     finetune_settings,
     fit_spec,
-    load_caches,
-    pooled_views,
     prepare,
-    train_tail,
 )
-from snakeid.utils import resolve_device, write_json
+from snakeid.train.features import Caches, load_caches, pooled_views
+from snakeid.train.head import Holdout
+from snakeid.train.live import CURVES, EpochLog
+from snakeid.train.loop import train_tail
+from snakeid.utils import write_json
 
 
 def main() -> None:

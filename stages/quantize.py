@@ -8,10 +8,10 @@ import numpy as np
 
 from snakeid.config import section
 from snakeid.contract import load_meta
-from snakeid.data import eval_batches
-from snakeid.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes
-from snakeid.manifest import read_manifest
-from snakeid.quantize import (
+from snakeid.data.dataset import eval_batches
+from snakeid.data.manifest import read_manifest
+from snakeid.data.split import UNKNOWN, model_species
+from snakeid.deploy.quantize import (
     HEADLINE,
     QuantizeConfig,
     calibration_rows,
@@ -20,9 +20,9 @@ from snakeid.quantize import (
     latencies,
     quantize,
 )
-from snakeid.split import UNKNOWN, model_species
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.taxa import label_index
+from snakeid.train.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes
 from snakeid.utils import write_csv, write_json
 
 _logger = logging.getLogger("quantize")

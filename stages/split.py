@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snakeid import split
 from snakeid.config import section
-from snakeid.manifest import SPLITS
+from snakeid.data import split
+from snakeid.data.manifest import SPLITS
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import write_json
 

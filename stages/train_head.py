@@ -2,7 +2,7 @@
 
 First, if `adapt.backbones` names any, those trunks are fine-tuned end to end on the train photos
 (`snakeid.train.adapt`); from then on they are frozen like the others. The val photos stay unseen
-by them, and then only the val photos calibrate (see `snakeid.train.Holdout`).
+by them, and then only the val photos calibrate (see `snakeid.train.head.Holdout`).
 The frozen backbone(s) run once per training photo and view, up to where `finetune` will
 unfreeze blocks (pooled features when it trains none); those features are saved (`--features`)
 and both stages train on them. The head is a linear probe (default) or trained by AdamW.
@@ -13,34 +13,34 @@ import argparse
 import logging
 from pathlib import Path
 
-from snakeid import distributed
-from snakeid.checkpoint import save_checkpoint
 from snakeid.config import load_params, section, to_dict
-from snakeid.data import eval_preprocess_spec
+from snakeid.data.dataset import eval_preprocess_spec
+from snakeid.data.manifest import read_manifest
 from snakeid.errors import UserError
-from snakeid.live import CURVES, EpochLog
-from snakeid.manifest import read_manifest
-from snakeid.models import (
+from snakeid.model.checkpoint import save_checkpoint
+from snakeid.model.models import (
     ModelConfig,
     backbone_list,
     build_model,
     trunk_sizes,
 )
+from snakeid.model.runtime import resolve_device
 from snakeid.stage import run_stage
-from snakeid.train import (
+from snakeid.train import distributed
+from snakeid.train.adapt import adapt_trunks
+from snakeid.train.config import (
     AdaptConfig,
     FinetuneConfig,
-    Holdout,
     TrainHeadConfig,
-    cache_features,
     fit_spec,
     prepare,
     probe_balance,
-    train_probe,
-    train_tail,
 )
-from snakeid.train.adapt import adapt_trunks
-from snakeid.utils import resolve_device, write_json
+from snakeid.train.features import cache_features
+from snakeid.train.head import Holdout, train_probe
+from snakeid.train.live import CURVES, EpochLog
+from snakeid.train.loop import train_tail
+from snakeid.utils import write_json
 
 _logger = logging.getLogger("train_head")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snakeid import verify
 from snakeid.config import section
-from snakeid.manifest import write_manifest
+from snakeid.data import verify
+from snakeid.data.manifest import write_manifest
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.utils import write_json
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snakeid.sources.demo import DemoConfig
+from snakeid.data.sources.demo import DemoConfig
 from snakeid.taxa import Species
 
 REPO = Path(__file__).resolve().parents[1]

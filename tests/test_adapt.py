@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from snakeid.config import BaseConfig, to_dict
-from snakeid.data import DataConfig
+from snakeid.data.dataset import DataConfig
+from snakeid.data.manifest import read_manifest
 from snakeid.errors import UserError
-from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, build_model
-from snakeid.train import AdaptConfig, TrainHeadConfig, cache_features, load_caches, train_probe
+from snakeid.model.models import ModelConfig, build_model
 from snakeid.train.adapt import adapt_trunks, check_adapt
+from snakeid.train.config import AdaptConfig, TrainHeadConfig
+from snakeid.train.features import cache_features, load_caches
+from snakeid.train.head import train_probe
 from training_data import SPECIES, make_split
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1")

@@ -8,24 +8,19 @@ import pytest
 import torch
 
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig, eval_batches
+from snakeid.data.dataset import DataConfig, eval_batches
+from snakeid.data.manifest import read_manifest
+from snakeid.deploy.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
 from snakeid.errors import UserError
-from snakeid.export import parity
-from snakeid.manifest import read_manifest
-from snakeid.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
-from snakeid.openset import UnknownScore
-from snakeid.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
-from snakeid.train import (
-    FitSpec,
-    LossConfig,
-    TrainHeadConfig,
-    cache_features,
-    probe_balance,
-    train_probe,
-    train_tail,
-)
+from snakeid.model.export import parity
+from snakeid.model.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
+from snakeid.model.openset import UnknownScore
+from snakeid.train.config import FitSpec, LossConfig, TrainHeadConfig, probe_balance
+from snakeid.train.features import cache_features
+from snakeid.train.head import train_probe
+from snakeid.train.loop import train_tail
 from training_data import SPECIES, make_split
 
 torch.set_num_threads(2)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from snakeid.predict import SYNTHETIC_WARNING
+from snakeid.deploy.predict import SYNTHETIC_WARNING
 from tiny_model import build_tiny_model, demo_photo, running_server
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from snakeid.contract import ModelMeta, ModelMetaError, PreprocessSpec
-from snakeid.data import eval_preprocess_spec
+from snakeid.data.dataset import eval_preprocess_spec
 from tiny_model import tiny_meta
 
 

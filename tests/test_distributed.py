@@ -52,7 +52,7 @@ def _rank_main(probe: Path) -> None:
     import torch
 
     import snakeid.train.loop as train_mod
-    from snakeid import distributed
+    from snakeid.train import distributed
 
     rank = int(os.environ["RANK"])
     cwd = Path.cwd().resolve()
@@ -142,7 +142,7 @@ def _stage_args(ws: Path, split: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
     """Both stages run by two gloo ranks; returns the workspace and each rank's record."""
-    from snakeid.distributed import launch_command
+    from snakeid.train.distributed import launch_command
     from training_data import make_split, write_species
 
     root = tmp_path_factory.mktemp("ddp")
@@ -216,11 +216,13 @@ def test_only_rank_0_writes_outputs(ranks):
 def test_gathered_val_metrics_equal_a_single_process_evaluation(ranks, stage, tmp_path):
     """The checkpoint loads without DDP; evaluated in one process on every val photo's cached
     features, it gives the metrics the two ranks computed from their gathered logits."""
-    from snakeid.checkpoint import load_checkpoint
     from snakeid.config import base_config, load_params, section
-    from snakeid.data import DataConfig
-    from snakeid.metrics import macro_f1
-    from snakeid.train import FinetuneConfig, load_caches, predict_cached
+    from snakeid.data.dataset import DataConfig
+    from snakeid.model.checkpoint import load_checkpoint
+    from snakeid.model.metrics import macro_f1
+    from snakeid.train.config import FinetuneConfig
+    from snakeid.train.features import load_caches
+    from snakeid.train.loop import predict_cached
 
     ws, _ = ranks
     params = load_params(ws / "params.yaml")
@@ -247,7 +249,7 @@ def test_gathered_val_metrics_equal_a_single_process_evaluation(ranks, stage, tm
 
 
 def test_without_torchrun_everything_is_one_plain_process(tmp_path):
-    from snakeid import distributed
+    from snakeid.train import distributed
 
     assert not distributed.launched() or os.environ.get("RANK") is not None
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)

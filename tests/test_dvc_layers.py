@@ -22,9 +22,13 @@ def _edit(root: Path, rel: str) -> None:
 def test_editing_the_service_cli_and_predict_changes_no_stage(tmp_path_factory, tmp_path):
     root = copy_project(reproduced(tmp_path_factory), tmp_path / "snakeid")
     assert _changed_stages(root) == set()
-    for rel in ("src/snakeid/serve.py", "src/snakeid/cli.py", "src/snakeid/predict.py"):
+    for rel in (
+        "src/snakeid/deploy/serve.py",
+        "src/snakeid/deploy/cli.py",
+        "src/snakeid/deploy/predict.py",
+    ):
         _edit(root, rel)
     assert _changed_stages(root) == set()
     # the control: the exported model's metadata and parity check are export's own code
-    _edit(root, "src/snakeid/export.py")
+    _edit(root, "src/snakeid/model/export.py")
     assert _changed_stages(root) == {"export_onnx"}  # and no training stage

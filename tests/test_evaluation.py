@@ -9,9 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from snakeid.calibration import (
+from snakeid.contract import ModelMeta
+from snakeid.deploy.quantize import QuantizeConfig, _drop_lower_bound, check_int8, compare
+from snakeid.errors import UserError
+from snakeid.model.calibration import (
     bayes_threshold,
     calibrate_on_val,
+    expected_calibration_error,
     fit_temperature,
     nll,
     softmax,
@@ -20,20 +24,16 @@ from snakeid.calibration import (
     venomous_rule_report,
     venomous_tradeoff,
 )
-from snakeid.contract import ModelMeta
-from snakeid.errors import UserError
-from snakeid.evaluate import EvaluateConfig, evaluate, prediction_rows
-from snakeid.export import ExportConfig, check_parity, parity
-from snakeid.metrics import (
+from snakeid.model.export import ExportConfig, check_parity, parity
+from snakeid.model.metrics import (
     binomial_bound,
     classification_report,
-    expected_calibration_error,
     macro_f1,
 )
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
-from snakeid.quantize import QuantizeConfig, _drop_lower_bound, check_int8, compare
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
 from snakeid.taxa import Species, label_index
+from snakeid.train.evaluate import EvaluateConfig, evaluate, prediction_rows
 from tiny_model import IMAGE_SIZE, SPECIES, build_tiny_model, tiny_meta, tiny_net
 
 TAXA = [Species(s["name"], s["common"], s["venomous"]) for s in SPECIES]

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from snakeid.manifest import read_manifest
+from snakeid.data.manifest import read_manifest
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 

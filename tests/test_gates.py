@@ -72,7 +72,8 @@ def test_another_cpu_kinds_floats_pass_every_gate(tmp_path_factory, tmp_path):
 
 
 def _wrong_scales(quantize):
-    """`snakeid.quantize.quantize`, then every activation scale of the INT8 model divided by 20:
+    """`snakeid.deploy.quantize.quantize`, then every activation scale of the INT8 model divided
+    by 20:
     the model saturates, as with a calibration bug."""
 
     def broken(fp32, int8, cfg, calibration):
@@ -96,14 +97,16 @@ def test_quantize_stage_fails_on_a_broken_int8_model(
 ):
     """The gates still catch a truly broken INT8 model, at the project's default bars, with the
     stage's one-line error."""
-    import snakeid.quantize
+    import snakeid.deploy.quantize
 
     project = copy_project(reproduced(tmp_path_factory), tmp_path / "broken")
     defaults = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     bars = ("min_agreement", "max_accuracy_drop")
     _set_params(project, "quantize", **{k: defaults["quantize"][k] for k in bars})
     monkeypatch.chdir(project)
-    monkeypatch.setattr(snakeid.quantize, "quantize", _wrong_scales(snakeid.quantize.quantize))
+    monkeypatch.setattr(
+        snakeid.deploy.quantize, "quantize", _wrong_scales(snakeid.deploy.quantize.quantize)
+    )
     argv = stage_argv(project, "quantize")  # env PYTHONPATH=src python stages/quantize.py ...
     monkeypatch.setattr(sys, "argv", argv[argv.index("stages/quantize.py") :])
     with pytest.raises(SystemExit) as exit_:

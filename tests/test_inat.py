@@ -15,9 +15,8 @@ import pytest
 
 from fake_inat import RANDOM_FAULT_KINDS, FakeInat, Photo, World
 from snakeid.config import ParamsError, from_dict
-from snakeid.errors import UserError
-from snakeid.sources.inat import InatConfig, download_inat, resize_url
-from snakeid.sources.inat_client import (
+from snakeid.data.sources.inat import download_inat, resize_url
+from snakeid.data.sources.inat_client import (
     Budget,
     BudgetExhausted,
     InatError,
@@ -25,7 +24,9 @@ from snakeid.sources.inat_client import (
     InatUnreachable,
     RateLimiter,
 )
-from snakeid.sources.inat_taxa import TaxonResolutionError
+from snakeid.data.sources.inat_config import InatConfig
+from snakeid.data.sources.inat_taxa import TaxonResolutionError
+from snakeid.errors import UserError
 from snakeid.taxa import Species
 from snakeid.utils import sha256_file
 
@@ -484,7 +485,7 @@ def test_photo_ext_is_kept(out: Path) -> None:
 
 
 def test_split_keeps_each_observations_photos_together(out: Path) -> None:
-    from snakeid.split import SplitConfig, assign_splits
+    from snakeid.data.split import SplitConfig, assign_splits
 
     world = World.random(NAMES, seed=5, obs_per_species=(12, 20))
     with FakeInat(world) as fake:

@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 
 from fake_inat import RANDOM_FAULT_KINDS, FakeInat, World
-from snakeid.manifest import read_manifest
+from snakeid.data.manifest import read_manifest
 
 NAMES = ["Naja kaouthia", "Bungarus fasciatus", "Calliophis bivirgata"]
 RUNNER = """
 import json, sys
 from pathlib import Path
-from snakeid.manifest import write_manifest
-from snakeid.sources.inat import InatConfig, download_inat
+from snakeid.data.manifest import write_manifest
+from snakeid.data.sources.inat import download_inat
+from snakeid.data.sources.inat_config import InatConfig
 from snakeid.taxa import Species
 
 args = json.loads(sys.argv[1])

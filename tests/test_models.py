@@ -3,10 +3,10 @@ import urllib.error
 import pytest
 import torch
 
-from snakeid.checkpoint import load_checkpoint, save_checkpoint
-from snakeid.data import eval_preprocess_spec
+from snakeid.data.dataset import eval_preprocess_spec
 from snakeid.errors import UserError
-from snakeid.models import LITE, ModelConfig, build_model, native_size
+from snakeid.model.checkpoint import load_checkpoint, save_checkpoint
+from snakeid.model.models import LITE, ModelConfig, build_model, native_size
 from training_data import SPECIES
 
 torch.set_num_threads(2)

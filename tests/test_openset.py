@@ -1,4 +1,4 @@
-"""Open-set scores (`snakeid.openset`) on tiny random data, and a smoke run of
+"""Open-set scores (`snakeid.model.openset`) on tiny random data, and a smoke run of
 `bench/openset.py --fast`. Properties and exact cross-checks only, no quality thresholds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snakeid.openset import (
+from snakeid.model.openset import (
     Combined,
     Energy,
     Mahalanobis,
@@ -345,8 +345,8 @@ def test_onnx_unknown_score_and_threshold_equal_pytorch(tmp_path: Path) -> None:
     import torch
 
     from snakeid.contract import load_meta
-    from snakeid.export import parity
-    from snakeid.onnxio import ort_session
+    from snakeid.model.export import parity
+    from snakeid.model.onnxio import ort_session
     from tiny_model import IMAGE_SIZE, build_tiny_model, tiny_unknown_score
 
     path, model = build_tiny_model(tmp_path, favour=None)

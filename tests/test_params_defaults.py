@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from snakeid.config import BaseConfig, load_params, section, to_dict
-from snakeid.data import DataConfig
-from snakeid.evaluate import EvaluateConfig
-from snakeid.export import ExportConfig
-from snakeid.models import ModelConfig
-from snakeid.quantize import QuantizeConfig
-from snakeid.sources import DownloadConfig
-from snakeid.split import SplitConfig
-from snakeid.train import AdaptConfig, FinetuneConfig, LossConfig, TrainHeadConfig
-from snakeid.verify import VerifyConfig
+from snakeid.data.dataset import DataConfig
+from snakeid.data.sources import DownloadConfig
+from snakeid.data.split import SplitConfig
+from snakeid.data.verify import VerifyConfig
+from snakeid.deploy.quantize import QuantizeConfig
+from snakeid.model.export import ExportConfig
+from snakeid.model.models import ModelConfig
+from snakeid.train.config import AdaptConfig, FinetuneConfig, LossConfig, TrainHeadConfig
+from snakeid.train.evaluate import EvaluateConfig
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 SECTIONS = {

@@ -21,7 +21,7 @@ from dvc_project import (
     reproduced,
     run,
 )
-from snakeid.evaluate import HEADLINE, OPENSET_HEADLINE, VERDICT_HEADLINE
+from snakeid.train.evaluate import HEADLINE, OPENSET_HEADLINE, VERDICT_HEADLINE
 
 STAGES = {
     "download",
@@ -122,11 +122,11 @@ def test_onnx_models_agree_with_pytorch_on_test_photos(project):
     import onnxruntime as ort
     import torch
 
-    from snakeid.checkpoint import load_checkpoint
-    from snakeid.data import eval_transform, load_rgb
-    from snakeid.manifest import read_manifest
-    from snakeid.models import deployed
-    from snakeid.openset import UnknownScore
+    from snakeid.data.dataset import eval_transform, load_rgb
+    from snakeid.data.manifest import read_manifest
+    from snakeid.model.checkpoint import load_checkpoint
+    from snakeid.model.models import deployed
+    from snakeid.model.openset import UnknownScore
 
     net, ckpt = load_checkpoint(project / "models/model_final.pt")
     score = UnknownScore.from_checkpoint(ckpt)  # the val-fitted T and unknown score, as exported
@@ -185,9 +185,9 @@ def test_adapting_a_backbone_ships_its_adapted_weights(project, tmp_path):
     No calibration reads a photo that trunk trained on."""
     import torch
 
-    from snakeid.checkpoint import load_checkpoint
-    from snakeid.manifest import read_manifest
-    from snakeid.models import ModelConfig, build_model
+    from snakeid.data.manifest import read_manifest
+    from snakeid.model.checkpoint import load_checkpoint
+    from snakeid.model.models import ModelConfig, build_model
 
     again = copy_project(project, tmp_path / "again")
     out = run(["dvc", "exp", "run", "-S", "adapt.backbones=[efficientnet_lite0]",

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from snakeid.calibration import softmax
-from snakeid.cli import main
 from snakeid.contract import ModelMetaError
-from snakeid.decision import VERDICTS
-from snakeid.predict import Predictor
+from snakeid.deploy.cli import main
+from snakeid.deploy.predict import Predictor
+from snakeid.model.calibration import softmax
+from snakeid.model.decision import VERDICTS
 from tiny_model import NO_TORCH_MAIN, SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
 
@@ -51,7 +51,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_probabilities_match_the_torch_model(model_dir: tuple[Path, object], photos: Path) -> None:
     import torch
 
-    from snakeid.data import eval_transform, load_rgb
+    from snakeid.data.dataset import eval_transform, load_rgb
 
     model, net = model_dir
     predictor = Predictor(model)
@@ -399,7 +399,7 @@ def test_cli_lets_a_bug_raise_instead_of_calling_it_a_usage_error(
     def broken(*args, **kwargs):
         raise ValueError("a bug, not bad input")
 
-    monkeypatch.setattr("snakeid.cli.Predictor", broken)
+    monkeypatch.setattr("snakeid.deploy.cli.Predictor", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["predict", str(photos), "--model", str(model_dir[0])])
 
@@ -464,8 +464,8 @@ def test_predict_path_never_imports_torch(model_dir, photos) -> None:
     argv = ["predict", str(photos), "--model", str(model_dir[0]), "--format", "json"]
     script = (
         "import sys, json; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-        "from snakeid.cli import main\n"
-        "import snakeid.serve\n"
+        "from snakeid.deploy.cli import main\n"
+        "import snakeid.deploy.serve\n"
         f"code = main({argv!r})\n"
         "result = {'code': code, 'torch': sys.modules['torch'] is None}\n"
         "print(json.dumps(result), file=sys.stderr)\n"

@@ -14,8 +14,8 @@ from torchvision.transforms.v2.functional._geometry import (
 )
 
 from snakeid.contract import PreprocessSpec, PreprocessSpecError
-from snakeid.data import eval_preprocess_spec, eval_transform, load_rgb
-from snakeid.preprocess import (
+from snakeid.data.dataset import eval_preprocess_spec, eval_transform, load_rgb
+from snakeid.model.preprocess import (
     CorruptImage,
     ImageTooLarge,
     NotAnImage,

@@ -12,9 +12,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from snakeid.onnx_export import export_onnx
-from snakeid.onnxio import ort_session
-from snakeid.quantize import QuantizeConfig, _edge_nodes, calibration_rows, quantize
+from snakeid.deploy.quantize import QuantizeConfig, _edge_nodes, calibration_rows, quantize
+from snakeid.model.onnx_export import export_onnx
+from snakeid.model.onnxio import ort_session
 
 SIZE = 32
 
@@ -149,7 +149,7 @@ def test_histogram_calibration_is_collected_in_strides_and_used(chain, tmp_path,
 
 
 def test_calibration_reader_strides_divide_the_photos():
-    from snakeid.quantize import _Calibration
+    from snakeid.deploy.quantize import _Calibration
 
     for n, stride in ((100, 10), (16, 8), (13, 1), (7, 7), (1, 1)):
         reader = _Calibration([np.full((1,), i, np.float32) for i in range(n)])

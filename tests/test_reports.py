@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from snakeid.card import bench_evidence, data_provenance, model_card
 from snakeid.contract import ModelMeta, PreprocessSpec
-from snakeid.data import eval_preprocess_spec
-from snakeid.evaluate import HEADLINE, headline, per_species_rows
-from snakeid.live import CURVES, EpochLog
-from snakeid.metrics import bootstrap_intervals, venomous_lookalikes
+from snakeid.data.dataset import eval_preprocess_spec
+from snakeid.deploy.card import bench_evidence, data_provenance, model_card
+from snakeid.model.metrics import bootstrap_intervals, venomous_lookalikes
 from snakeid.taxa import Species
+from snakeid.train.evaluate import HEADLINE, headline, per_species_rows
+from snakeid.train.live import CURVES, EpochLog
 from snakeid.utils import sha256_file
 
 SPECIES = [

@@ -1,4 +1,4 @@
-"""API tests for `snakeid.serve`: every endpoint, and every kind of bad upload."""
+"""API tests for `snakeid.deploy.serve`: every endpoint, and every kind of bad upload."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from snakeid.predict import SYNTHETIC_WARNING
-from snakeid.serve import BANNER_MARKER, create_app, render_page
+from snakeid.deploy.predict import SYNTHETIC_WARNING
+from snakeid.deploy.serve import BANNER_MARKER, create_app, render_page
 from tiny_model import SPECIES, build_tiny_model, demo_photo, pillow_limits_restored
 
 MAX_UPLOAD = 200_000

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from snakeid.config import ParamsError, section
-from snakeid.manifest import MANIFEST_COLUMNS, write_manifest
-from snakeid.sources.common import species_slug
-from snakeid.sources.demo import (
+from snakeid.data.manifest import MANIFEST_COLUMNS, write_manifest
+from snakeid.data.sources.common import species_slug
+from snakeid.data.sources.demo import (
     ATTRIBUTION,
     LICENSE,
     LOOKS,

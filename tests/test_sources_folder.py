@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from snakeid.config import ParamsError, section
+from snakeid.data.manifest import MANIFEST_COLUMNS
+from snakeid.data.sources import DownloadConfig, run_download
+from snakeid.data.sources.folder import import_folder, scan_folder
 from snakeid.errors import UserError
-from snakeid.manifest import MANIFEST_COLUMNS
-from snakeid.sources import DownloadConfig, run_download
-from snakeid.sources.folder import import_folder, scan_folder
 
 
 def photo(path: Path, seed: int = 0, fmt: str = "JPEG") -> Path:

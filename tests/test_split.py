@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from snakeid.config import ParamsError, section
+from snakeid.data.manifest import CLEAN_COLUMNS, SPLITS
+from snakeid.data.split import SplitConfig, allocate, assign_splits, observation_key, run
 from snakeid.errors import UserError
-from snakeid.manifest import CLEAN_COLUMNS, SPLITS
-from snakeid.split import SplitConfig, allocate, assign_splits, observation_key, run
 from snakeid.taxa import Species
 
 SPECIES = [Species(f"Genus species{i}", f"Snake {i}", i % 2 == 0) for i in range(6)]
@@ -175,7 +175,7 @@ def test_largest_observation_goes_to_train() -> None:
 
 def test_missing_species_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     rows = [clean_row(f"a{i}", SPECIES[0].name, f"o{i}") for i in range(5)]
-    with caplog.at_level(logging.WARNING, logger="snakeid.split"):
+    with caplog.at_level(logging.WARNING, logger="snakeid.data.split"):
         result = assign_splits(rows, SPECIES, CFG, seed=0)
     assert result.metrics["missing_species"] == [s.name for s in SPECIES[1:]]
     assert "have no photos" in caplog.text

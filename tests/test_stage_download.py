@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import snakeid.sources as sources
-from snakeid.manifest import read_manifest
+import snakeid.data.sources as sources
+from snakeid.data.manifest import read_manifest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "stages" / "download.py"
 TINY_DEMO = {

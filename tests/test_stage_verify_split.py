@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, SPLITS
+from snakeid.data.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, SPLITS
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 SPECIES = [

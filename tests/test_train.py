@@ -3,20 +3,14 @@ import pytest
 import torch
 
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig, SplitDataset, eval_transform
-from snakeid.engine import feature_engine, prefix_engine
+from snakeid.data.dataset import DataConfig, SplitDataset, eval_transform
+from snakeid.data.manifest import read_manifest
 from snakeid.errors import UserError
-from snakeid.manifest import read_manifest
-from snakeid.models import ModelConfig, build_model, deployed
-from snakeid.train import (
-    FitSpec,
-    LossConfig,
-    cache_features,
-    check_imbalance_options,
-    class_weights,
-    load_caches,
-    train_tail,
-)
+from snakeid.model.engine import feature_engine, prefix_engine
+from snakeid.model.models import ModelConfig, build_model, deployed
+from snakeid.train.config import FitSpec, LossConfig, check_imbalance_options, class_weights
+from snakeid.train.features import cache_features, load_caches
+from snakeid.train.loop import train_tail
 from training_data import SPECIES, make_split
 
 BASE = BaseConfig(image_size=64, device="cpu", seed=3, backbone="efficientnet_lite0")
@@ -213,7 +207,7 @@ def test_tta_flip_with_a_finetune_cut_is_refused(split_dir, tmp_path):
 def test_the_probe_separates_two_species() -> None:
     """Two classes: scikit-learn fits one row of log-odds, which the probe splits into two
     (the README's own species file has two species)."""
-    from snakeid.probe import fit_probe
+    from snakeid.model.probe import fit_probe
 
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(-1, 1, (40, 5)), rng.normal(1, 1, (40, 5))].astype(np.float32)

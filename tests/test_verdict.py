@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from snakeid.cli import BatchProgress, main
-from snakeid.decision import (
+from snakeid.deploy.cli import BatchProgress, main
+from snakeid.deploy.predict import MODEL_ENV, find_model
+from snakeid.deploy.serve import create_app
+from snakeid.model.decision import (
     CONFIDENT_HARMLESS,
     HEADLINES,
     NOT_SURE,
@@ -24,8 +26,6 @@ from snakeid.decision import (
     reason,
     verdicts,
 )
-from snakeid.predict import MODEL_ENV, find_model
-from snakeid.serve import create_app
 from snakeid.taxa import Species
 from tiny_model import build_tiny_model, demo_photo, pillow_limits_restored
 
@@ -175,11 +175,11 @@ def test_progress_is_a_line_per_tenth_off_a_terminal_and_a_bar_on_one() -> None:
 
 
 def test_the_model_is_found_from_the_environment_or_the_project(tmp_path, monkeypatch) -> None:
-    import snakeid.predict
+    import snakeid.deploy.predict
 
     model, _ = build_tiny_model(tmp_path / "elsewhere")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(snakeid.predict, "PROJECT", tmp_path / "project")
+    monkeypatch.setattr(snakeid.deploy.predict, "PROJECT", tmp_path / "project")
     monkeypatch.delenv(MODEL_ENV, raising=False)
     with pytest.raises(FileNotFoundError) as e:
         find_model()

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from snakeid.config import ParamsError, section
+from snakeid.data.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS
+from snakeid.data.verify import VerifyConfig, run, to_rgb, verify_photos
 from snakeid.errors import UserError
-from snakeid.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS
 from snakeid.taxa import Species
-from snakeid.verify import VerifyConfig, run, to_rgb, verify_photos
 
 NAJA, BUNG = "Naja kaouthia", "Bungarus fasciatus"
 SPECIES = [Species(NAJA, "Monocled Cobra", True), Species(BUNG, "Banded Krait", True)]

@@ -1,7 +1,8 @@
 """Test helpers: a tiny exported model in the pipeline's format, demo photos, a live server.
 
-The model is a random conv net exported by the library's exporter (`snakeid.export`) with the
-`model_meta.json` that `snakeid.export.model_meta` writes, and quantized by `snakeid.quantize`,
+The model is a random conv net exported by the library's exporter (`snakeid.model.export`) with the
+`model_meta.json` that `snakeid.model.export.model_meta` writes, and quantized by
+`snakeid.deploy.quantize`,
 so tests exercise the real contract: a renamed meta key breaks them. Torch is fine here; it is
 only the serving path that must not import it.
 """
@@ -22,12 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snakeid.checkpoint import Checkpoint
-from snakeid.data import eval_preprocess_spec
-from snakeid.export import ExportConfig, model_meta
-from snakeid.onnx_export import export_onnx
-from snakeid.quantize import QuantizeConfig
-from snakeid.quantize import quantize as run_quantize
+from snakeid.data.dataset import eval_preprocess_spec
+from snakeid.deploy.quantize import QuantizeConfig
+from snakeid.deploy.quantize import quantize as run_quantize
+from snakeid.model.checkpoint import Checkpoint
+from snakeid.model.export import ExportConfig, model_meta
+from snakeid.model.onnx_export import export_onnx
 
 SPECIES: list[dict[str, Any]] = [
     {"name": "Naja kaouthia", "common": "Monocled Cobra", "venomous": True},
@@ -40,13 +41,13 @@ IMAGE_SIZE = 64
 # Runs the CLI with torch and torchvision made unimportable: proof the serving path needs neither.
 NO_TORCH_MAIN = (
     "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
-    "from snakeid.cli import main; sys.exit(main())"
+    "from snakeid.deploy.cli import main; sys.exit(main())"
 )
 
 
 def tiny_net(n_classes: int, favour: int | None, seed: int = 0) -> Any:
     """A random conv net, (N, 3, S, S) -> (N, n_classes); `favour` wins for any photo. It has
-    the `embed` / `head` halves of `snakeid.models.SnakeNet` that `DeployedModel` calls."""
+    the `embed` / `head` halves of `snakeid.model.models.SnakeNet` that `DeployedModel` calls."""
     import torch
     from torch import nn
 
@@ -82,7 +83,7 @@ def tiny_unknown_score(net: Any, image_size: int, photos: int = 24) -> Any:
     point the same way in the tiny net's 8-d feature space and make the score's scale blow up."""
     import torch
 
-    from snakeid.openset import UnknownScore
+    from snakeid.model.openset import UnknownScore
 
     rng = np.random.default_rng(1)
     x = rng.uniform(-2, 2, (photos, 3, 1, 1)) + rng.normal(
@@ -115,7 +116,7 @@ def build_tiny_model(
     `data_source` ("demo-synthetic", "folder", ...) becomes the meta's `data.source`. Returns
     (path of the model to use, the deployed torch module) so tests can compare outputs.
     """
-    from snakeid.models import DeployedModel
+    from snakeid.model.models import DeployedModel
 
     net = tiny_net(len(species), favour)
     score = tiny_unknown_score(net, image_size)
@@ -147,8 +148,9 @@ def tiny_meta(
     unknown_score: dict[str, Any] | None = None,
     region: str | None = None,
 ) -> dict[str, Any]:
-    """`snakeid.export.model_meta` of a checkpoint-like record of the tiny net; `unknown_score`
-    is `UnknownScore.describe()` (default: a score whose threshold flags nothing)."""
+    """`snakeid.model.export.model_meta` of a checkpoint-like record of the tiny net;
+    `unknown_score` is `UnknownScore.describe()` (default: a score whose threshold flags
+    nothing)."""
     decision = {"low_confidence_threshold": 0.5, "venomous_threshold": 0.5} | (decision or {})
     unknown_score = dict(unknown_score or {"score": "none", "threshold": 1e9})
     if "unknown_threshold" in decision:

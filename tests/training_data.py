@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from snakeid.manifest import CLEAN_COLUMNS
+from snakeid.data.manifest import CLEAN_COLUMNS
 from snakeid.taxa import Species
 
 SPECIES = [

@@ -206,7 +206,7 @@ class BaseConfig:
     species_file: str = "data/taxa.yaml"
     # Input side; None = the backbone's native size (the largest one when there are several).
     image_size: int | None = dataclasses.field(default=None, metadata=spec(ge=32, le=1024))
-    # One backbone, or a list whose pooled features are concatenated (names: snakeid.models).
+    # One backbone, or a list whose pooled features are concatenated (names: snakeid.model.models).
     backbone: str | tuple[str, ...] = (
         "efficientnet_lite0",
         "efficientnet_lite1",

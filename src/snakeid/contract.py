@@ -21,7 +21,7 @@ META_FILENAME = "model_meta.json"  # beside the ONNX model
 
 INPUT_NAME = "input"  # NCHW float32 images, preprocessed as `preprocess` in the metadata says
 OUTPUT_NAME = "logits"  # calibrated logits (temperature applied): softmax gives probabilities
-UNKNOWN_NAME = "unknown_score"  # higher = less likely one of the species (snakeid.openset)
+UNKNOWN_NAME = "unknown_score"  # higher = less likely one of the species (snakeid.model.openset)
 
 SYNTHETIC_SOURCE = "demo-synthetic"  # data.source of a model trained on the demo's generated photos
 
@@ -115,7 +115,7 @@ class PreprocessSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The `preprocess` block as `snakeid.data.eval_preprocess_spec` writes it."""
+        """The `preprocess` block as `snakeid.data.dataset.eval_preprocess_spec` writes it."""
         return _FIXED | {
             "exif_transpose": self.exif_transpose,
             "resize_shorter": self.resize_shorter,
@@ -137,7 +137,7 @@ OUTPUT_DESCRIPTION = "calibrated logits: softmax gives the probabilities (temper
 @dataclass(frozen=True)
 class ModelMeta:
     """`model_meta.json`: everything an application needs to use the exported model without this
-    repository, and its provenance. Export builds it (`snakeid.export.model_meta`) and writes
+    repository, and its provenance. Export builds it (`snakeid.model.export.model_meta`) and writes
     `to_dict()`; predict, the service, the model card and the quantize stage read it with
     `from_dict`, which validates what they rely on and keeps the rest as written."""
 
@@ -149,7 +149,8 @@ class ModelMeta:
     # "Not one of the species this model knows" when the unknown score is above this (fitted on
     # held-out photos so that `finetune.known_pass_rate` of them pass; `from_dict` requires it)
     unknown_threshold: float = float("inf")
-    # what the unknown score is and its fit (snakeid.openset.UnknownScore.describe), no threshold
+    # what the unknown score is and its fit (snakeid.model.openset.UnknownScore.describe),
+    # no threshold
     unknown_score: Mapping[str, Any] = field(default_factory=dict)
     low_confidence_threshold: float | None = None
     venomous_threshold: float | None = None
@@ -165,9 +166,10 @@ class ModelMeta:
     created_by: str | None = None
     # where the species it knows live, e.g. "the Philippines" (None: not stated)
     region: str | None = None
-    # provenance (snakeid.card.data_provenance): data.source is "demo-synthetic" | "folder" | "inat"
+    # provenance (snakeid.deploy.card.data_provenance):
+    # data.source is "demo-synthetic" | "folder" | "inat"
     data: Mapping[str, Any] = field(default_factory=dict)
-    # the test headline and its `venomous_lookalikes` (snakeid.evaluate)
+    # the test headline and its `venomous_lookalikes` (snakeid.train.evaluate)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
 
     @property

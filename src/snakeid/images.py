@@ -1,8 +1,8 @@
 """Turning any decoded image into the 8-bit RGB picture a person would see.
 
-Shared by `verify` (clean copies), training (`snakeid.data.load_rgb`) and serving
-(`snakeid.preprocess`), so an alpha PNG or a 16-bit scan looks the same to all of them. Pillow and
-numpy only: the serving install has no torch.
+Shared by `verify` (clean copies), training (`snakeid.data.dataset.load_rgb`) and serving
+(`snakeid.model.preprocess`), so an alpha PNG or a 16-bit scan looks the same to all of them.
+Pillow and numpy only: the serving install has no torch.
 """
 
 from __future__ import annotations

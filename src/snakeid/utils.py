@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,51 +50,6 @@ class Progress:
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure the root logger; called by stage scripts and the CLI, never by library code."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, numpy and torch (if importable) from one number."""
-    random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    import numpy as np
-
-    np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:  # the light serving install has no torch
-        return
-    torch.manual_seed(seed)
-    if deterministic:
-        # Same machine, same params -> same metrics. Ops without a deterministic kernel warn.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def worker_seed(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: derive numpy/random seeds from torch's per-worker seed."""
-    import numpy as np
-    import torch
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def resolve_device(name: str) -> str:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    import torch
-
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-    }
-    if name == "auto":
-        return next(d for d in ("cuda", "mps", "cpu") if available[d])
-    if not available.get(name, False):
-        raise RuntimeError(f"device {name!r} was requested but is not available on this machine")
-    return name
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -148,11 +101,3 @@ def write_csv(
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-
-
-def set_threads(n: int) -> None:
-    """Torch intra-op threads (0 keeps torch's default: one per core)."""
-    import torch
-
-    if n > 0:
-        torch.set_num_threads(n)

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from snakeid import distributed
-from snakeid.data import DataConfig, SplitDataset, train_transform
+from snakeid.data.dataset import DataConfig, SplitDataset, train_transform
 from snakeid.errors import UserError
-from snakeid.models import SnakeNet, Trunk
+from snakeid.model.models import SnakeNet, Trunk
+from snakeid.model.runtime import worker_seed
 from snakeid.taxa import Species
+from snakeid.train import distributed
 from snakeid.train.config import AdaptConfig
-from snakeid.utils import Progress, worker_seed
+from snakeid.utils import Progress
 
 _logger = logging.getLogger(__name__)
 

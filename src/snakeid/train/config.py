@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from snakeid import distributed
 from snakeid.config import BaseConfig, base_config, section, spec, to_dict
 from snakeid.contract import DEFAULT_LOW_CONFIDENCE
-from snakeid.data import DataConfig
+from snakeid.data.dataset import DataConfig
+from snakeid.data.split import model_species
 from snakeid.errors import UserError
-from snakeid.split import model_species
+from snakeid.model.runtime import resolve_device, seed_everything
 from snakeid.taxa import Species, load_species
-from snakeid.utils import resolve_device, seed_everything
+from snakeid.train import distributed
 
 _logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class TrainHeadConfig:
-    # probe: L2-regularised logistic regression on standardised pooled features (snakeid.probe),
+    # probe: L2-regularised logistic regression on standardised pooled features
+    # (snakeid.model.probe),
     # solved to convergence; sgd: AdamW over `epochs`, best epoch on val.
     method: str = field(default="probe", metadata=spec(choices=("probe", "sgd")))
     probe_c: float = field(default=0.1, metadata=spec(gt=0.0))  # inverse L2 strength

@@ -19,16 +19,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from snakeid import distributed
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig, SplitDataset, eval_transform, train_transform
-from snakeid.engine import feature_engine, prefix_engine
+from snakeid.data.dataset import DataConfig, SplitDataset, eval_transform, train_transform
+from snakeid.data.manifest import read_manifest
+from snakeid.data.split import observation_key
 from snakeid.errors import UserError
-from snakeid.manifest import read_manifest
-from snakeid.models import SnakeNet, backbone_list
-from snakeid.split import observation_key
+from snakeid.model.engine import feature_engine, prefix_engine
+from snakeid.model.models import SnakeNet, backbone_list
+from snakeid.model.runtime import resolve_device, worker_seed
 from snakeid.taxa import Species
-from snakeid.utils import Progress, resolve_device, worker_seed, write_json
+from snakeid.train import distributed
+from snakeid.utils import Progress, write_json
 
 _logger = logging.getLogger(__name__)
 

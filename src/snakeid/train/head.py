@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from snakeid.metrics import balanced_accuracy, macro_f1
-from snakeid.models import SnakeNet
-from snakeid.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views
+from snakeid.model.metrics import balanced_accuracy, macro_f1
+from snakeid.model.models import SnakeNet
+from snakeid.model.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views
 from snakeid.train.config import TrainHeadConfig
 from snakeid.train.features import Caches, scratch_near
 

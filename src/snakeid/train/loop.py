@@ -17,16 +17,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from snakeid import distributed
 from snakeid.config import BaseConfig
-from snakeid.data import DataConfig
-from snakeid.engine import feature_engine
-from snakeid.live import EpochLog
-from snakeid.metrics import balanced_accuracy, macro_f1
-from snakeid.models import SnakeNet
+from snakeid.data.dataset import DataConfig
+from snakeid.model.engine import feature_engine
+from snakeid.model.metrics import balanced_accuracy, macro_f1
+from snakeid.model.models import SnakeNet
+from snakeid.model.runtime import resolve_device
+from snakeid.train import distributed
 from snakeid.train.config import FitSpec, LossConfig, check_imbalance_options, class_weights
 from snakeid.train.features import Caches, FeatureCache, scratch_near
-from snakeid.utils import resolve_device
+from snakeid.train.live import EpochLog
 
 _logger = logging.getLogger(__name__)
 

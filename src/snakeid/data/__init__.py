@@ -1,0 +1,1 @@
+"""Photos in: sources, verification, the observation-grouped split, the manifest and datasets."""

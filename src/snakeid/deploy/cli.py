@@ -1,0 +1,524 @@
+"""`snakeid predict` and `snakeid serve`: the exported model, used without torch.
+
+    snakeid predict PATH... [--model MODEL] [--top-k 3] [--format table|json|csv]
+    snakeid serve [--model MODEL] [--host 127.0.0.1] [--port 8000]
+
+Heavy imports (onnxruntime, fastapi, uvicorn) happen inside the subcommands so `--help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from snakeid import __version__
+from snakeid.contract import DEFAULT_LOW_CONFIDENCE, DEFAULT_VENOMOUS_THRESHOLD
+from snakeid.deploy.predict import (
+    DEFAULT_MODEL,
+    MODEL_ENV,
+    SYNTHETIC_WARNING,
+    ImageResult,
+    Prediction,
+    Predictor,
+    find_model,
+)
+from snakeid.errors import InvalidValue, UserError
+from snakeid.model.decision import HEADLINES, VERDICTS
+from snakeid.model.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    load_image,
+    preprocess,
+    set_pixel_limit,
+)
+from snakeid.utils import setup_logging
+
+# The exit-status contract of `snakeid predict`, shown by `--help` and kept in one place.
+EXIT_OK = 0  # every photo classified
+EXIT_SOME_FAILED = 1  # some photos could not be read; the others are still written
+EXIT_USAGE = 2  # bad option, missing or invalid model, nothing to classify
+
+PREDICT_EPILOG = f"""\
+exit status:
+  {EXIT_OK}  every photo was classified
+  {EXIT_SOME_FAILED}  some photos failed (unreadable, not an image, too large); the
+     others are still written, each failure as a row with its error
+  {EXIT_USAGE}  usage or model error: a bad option, a missing or invalid model or
+     metadata, or a folder with no image files in it (nothing is classified)
+
+verdict: venomous (a venomous species is the answer), possibly_venomous (a
+species the model does not know, a model that is not sure, or a venomous
+species too likely to rule out) or harmless (confidently one of its harmless
+species); reason says why in plain words. possibly_venomous is verdict !=
+harmless.
+
+csv: one row per photo: path, verdict, reason, the top-k in columns (species_1,
+common_name_1, venomous_1, probability_1, species_2, ...), then
+venomous_probability, possibly_venomous, low_confidence, unknown_score,
+unknown_margin, unknown and error. --long: one row per (photo, rank) instead,
+with the same per-photo columns.
+
+unknown: the photo is not one of the species the model knows: its unknown score
+is above the threshold fitted on held-out photos of known species.
+unknown_margin is the score minus that threshold (above 0: unknown; the
+score's units are the model's own, so compare margins, not raw scores).
+
+files that are not images (by extension) under a folder are listed on stderr
+and counted, never silently skipped. Progress goes to stderr (a bar on a
+terminal, a line every 10 % for 100 photos or more otherwise), and a summary
+of verdicts ends every run.
+
+model: --model, else $SNAKEID_MODEL, else models/model_int8.onnx under the
+working directory, else under the project snakeid was installed from."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default; a help text that already explains it keeps its words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snakeid", description="Snake species from photos.", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"snakeid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            type=Path,
+            default=None,
+            help=f"ONNX model (default: ${MODEL_ENV}, else {DEFAULT_MODEL} here or in the "
+            "project snakeid was installed from)",
+        )
+        p.add_argument(
+            "--meta",
+            type=Path,
+            default=None,
+            help="metadata (default: model_meta.json beside the model)",
+        )
+        p.add_argument("--top-k", type=int, default=3, help="predictions per image")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="ONNX Runtime intra-op threads (default: %(default)s, ONNX Runtime's own choice)",
+        )
+        p.add_argument(
+            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse bigger images"
+        )
+        p.add_argument(
+            "--low-confidence",
+            type=float,
+            default=None,
+            help="flag a top-1 probability under this (default: model metadata, else "
+            f"{DEFAULT_LOW_CONFIDENCE})",
+        )
+        p.add_argument(
+            "--venomous-threshold",
+            type=float,
+            default=None,
+            help="flag possibly venomous when the venomous species' summed probability reaches "
+            f"this (default: model metadata, else {DEFAULT_VENOMOUS_THRESHOLD})",
+        )
+
+    p = sub.add_parser(
+        "predict",
+        help="classify image files or folders (recursive)",
+        description="Classify image files, or every image under folders (recursively).",
+        epilog=PREDICT_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    model_args(p)
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table for people; json: one object per line; csv: one row per photo",
+    )
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="with --format csv: one row per (photo, rank) instead of one row per photo",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="photos per ONNX Runtime call")
+    p.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser(
+        "serve", help="run the HTTP service and web page", formatter_class=HelpFormatter
+    )
+    model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, in MB")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="server log level",
+    )
+    s.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _fail(message: str) -> int:
+    print(f"snakeid: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class NoImagesFound(InvalidValue):
+    """A folder given on the command line holds no image file: nothing to classify there."""
+
+
+def iter_image_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Files as given; folders expanded recursively to their images, in sorted order. Returns
+    the photos and the files under the folders that are not images (by extension).
+
+    A folder without any image is an error, not an empty result: it is almost always the wrong
+    folder, and an exit status of 0 with no rows would hide that.
+    """
+    found: list[Path] = []
+    skipped: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)  # tried whatever its name; a missing file is reported as a row
+            continue
+        files = sorted((p for p in path.rglob("*") if p.is_file()), key=Path.as_posix)
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+            raise NoImagesFound(f"no image files found under {path} (looked for {extensions})")
+        found.extend(images)
+        skipped.extend(p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    return found, skipped
+
+
+SKIPPED_LISTED = 20  # skipped files named one per line; the rest counted
+
+
+def report_skipped(skipped: Sequence[Path], err: TextIO) -> None:
+    """Name the files that are not images on `err`, with their count."""
+    if not skipped:
+        return
+    extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+    print(
+        f"snakeid: skipped {len(skipped)} file(s) that are not images (not {extensions}):",
+        file=err,
+    )
+    for path in skipped[:SKIPPED_LISTED]:
+        print(f"  {path}", file=err)
+    if len(skipped) > SKIPPED_LISTED:
+        print(f"  ... and {len(skipped) - SKIPPED_LISTED} more", file=err)
+
+
+class BatchProgress:
+    """Photos done, on `err`: a bar redrawn in place on a terminal; otherwise, for `LARGE`
+    photos or more, a line at every tenth. Torch-free (no tqdm): serving installs lack it."""
+
+    LARGE = 100
+
+    def __init__(self, total: int, err: TextIO) -> None:
+        self.total, self.err, self.done = total, err, 0
+        self.bar = err.isatty()
+        self.lines = not self.bar and total >= self.LARGE
+        self._next_tenth = 1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar:
+            filled = int(30 * self.done / self.total)
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\rsnakeid: [{bar}] {self.done}/{self.total} photos", end="", file=self.err)
+            self.err.flush()
+        elif self.lines:
+            while self.done * 10 >= self._next_tenth * self.total and self._next_tenth <= 10:
+                print(
+                    f"snakeid: {self.done} of {self.total} photos "
+                    f"({100 * self.done // self.total}%)",
+                    file=self.err,
+                )
+                self._next_tenth += 1
+
+    def close(self) -> None:
+        if self.bar and self.done:
+            print("\r" + " " * 60 + "\r", end="", file=self.err)  # the summary replaces it
+
+
+def summary(verdicts: Counter[str], n_bad: int, code: int) -> str:
+    """The closing line: photos, verdict counts, failures, exit status."""
+    n_ok = sum(verdicts.values())
+    counts = ", ".join(f"{verdicts[v]} {v}" for v in VERDICTS)
+    failed = f"; {n_bad} failed" if n_bad else ""
+    return f"snakeid: classified {n_ok} of {n_ok + n_bad} photos ({counts}){failed} (exit {code})"
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    setup_logging(logging.WARNING)  # stdout is for results
+    if args.long and args.format != "csv":
+        return _fail(f"--long applies to --format csv only, not --format {args.format}")
+    set_pixel_limit(args.max_pixels)
+    try:
+        model = find_model(args.model)
+        paths, skipped = iter_image_paths(args.paths)
+        predictor = Predictor(
+            model,
+            args.meta,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            low_confidence=args.low_confidence,
+            venomous_threshold=args.venomous_threshold,
+        )
+        top_k = predictor.check_top_k(args.top_k)
+    except (FileNotFoundError, UserError) as e:  # bad model, metadata, flags or folder
+        return _fail(str(e))
+    if predictor.meta.synthetic:
+        print(f"snakeid: warning: {SYNTHETIC_WARNING}", file=sys.stderr)
+    report_skipped(skipped, sys.stderr)
+    writer = make_writer(
+        args.format, long=args.long, out=sys.stdout, predictor=predictor, paths=paths, top_k=top_k
+    )
+    spec = predictor.meta.preprocess
+    verdicts: Counter[str] = Counter()
+    n_bad = 0
+    progress = BatchProgress(len(paths), sys.stderr)
+    # Chunk by batch size: one ONNX call per chunk, results printed as each chunk finishes, and
+    # only preprocessed (small) arrays are held, never a batch of full-size photos.
+    for chunk in _chunks(paths, predictor.batch_size):
+        arrays, errors = {}, {}
+        for path in chunk:
+            try:
+                arrays[path] = preprocess(load_image(path, max_pixels=args.max_pixels), spec)
+            except UnreadableImage as e:
+                errors[path] = str(e)
+        predicted = predictor.predict_arrays(list(arrays.values()), top_k)
+        results = dict(zip(arrays, predicted, strict=True))
+        for path in chunk:  # counted per row written: a path given twice is two photos
+            if path in results:
+                writer.result(path, results[path])
+                verdicts[results[path].verdict] += 1
+            else:
+                writer.error(path, errors[path])
+                n_bad += 1
+        sys.stdout.flush()
+        progress.update(len(chunk))
+    progress.close()
+    code = EXIT_SOME_FAILED if n_bad else EXIT_OK
+    print(summary(verdicts, n_bad, code), file=sys.stderr)
+    return code
+
+
+class Writer(Protocol):
+    def result(self, path: Path, r: ImageResult) -> None: ...
+
+    def error(self, path: Path, message: str) -> None: ...
+
+
+def make_writer(
+    fmt: str,
+    *,
+    long: bool,
+    out: TextIO,
+    predictor: Predictor,
+    paths: Sequence[Path],
+    top_k: int,
+) -> Writer:
+    """The writer for `--format` (and `--long`); each prints its header, if any, at once."""
+    if fmt == "table":
+        return TableWriter(out, predictor, paths)
+    if fmt == "json":
+        return JsonWriter(out, synthetic=predictor.meta.synthetic)
+    if fmt == "csv":
+        return LongCsvWriter(out) if long else CsvWriter(out, top_k)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+class TableWriter:
+    """Aligned columns; widths are known up front (all paths and species), so rows can stream.
+    The model's scope heads the table; under each photo, its verdict and the reason."""
+
+    def __init__(self, out: TextIO, predictor: Predictor, paths: Sequence[Path]) -> None:
+        self.out = out
+        self.pw = max([len("PATH"), *(len(str(p)) for p in paths)])
+        self.sw = max(len(s.name) for s in predictor.species)
+        self.cw = max(len("COMMON NAME"), *(len(s.common) for s in predictor.species))
+        self.message = predictor.unknown_message
+        print(f"# the model {predictor.scope}", file=out)
+        self._line("PATH", "#", "SPECIES", "COMMON NAME", "PROB", "VENOMOUS", "UNKNOWN MARGIN")
+
+    def _line(
+        self, path: str, rank: str, species: str, common: str, prob: str, venom: str, score: str
+    ) -> None:
+        cells = f"{path:<{self.pw}}  {rank:>2}  {species:<{self.sw}}  {common:<{self.cw}}"
+        print(f"{cells}  {prob:>6}  {venom:<8}  {score}".rstrip(), file=self.out)
+
+    def _note(self, text: str) -> None:
+        print(f"{'':<{self.pw}}  {'':>2}  {text}", file=self.out)
+
+    def result(self, path: Path, r: ImageResult) -> None:
+        for rank, p in enumerate(r.predictions, 1):
+            self._line(
+                str(path) if rank == 1 else "",
+                str(rank),
+                p.species,
+                p.common_name,
+                f"{100 * p.probability:.1f}%",
+                "VENOMOUS" if p.venomous else "",
+                f"{r.unknown_margin:+.2f}" + (" UNKNOWN" if r.unknown else "") if rank == 1 else "",
+            )
+        self._note(f"=> {HEADLINES[r.verdict]}: {r.reason}")
+        if r.unknown:
+            self._note(f"! {self.message}: the species above are only the closest ones")
+
+    def error(self, path: Path, message: str) -> None:
+        print(f"{str(path):<{self.pw}}  {'-':>2}  error: {message}", file=self.out)
+
+
+class JsonWriter:
+    """JSON lines: one object per photo, every object with the same keys.
+
+    A failed photo has `error` set, no predictions and null decisions; `synthetic` is true on
+    every line when the model was trained on the demo's generated photos.
+    """
+
+    def __init__(self, out: TextIO, *, synthetic: bool) -> None:
+        self.out, self.synthetic = out, synthetic
+
+    def _write(self, path: Path, fields: dict[str, Any]) -> None:
+        line = {"path": str(path), **fields, "synthetic": self.synthetic}
+        print(json.dumps(line), file=self.out)
+
+    def result(self, path: Path, r: ImageResult) -> None:
+        self._write(path, {**r.to_dict(), "error": None})
+
+    def error(self, path: Path, message: str) -> None:
+        empty = {k: None for k in PHOTO_FIELDS} | {"predictions": []}
+        self._write(path, {**empty, "error": message})
+
+
+# The per-photo fields of `ImageResult.to_dict` but the predictions: verdict and reason lead
+# the CSV row, the rest follow the top-k.
+LEAD_COLUMNS = ("verdict", "reason")
+PHOTO_COLUMNS = (
+    "venomous_probability",
+    "possibly_venomous",
+    "low_confidence",
+    "unknown_score",
+    "unknown_margin",
+    "unknown",
+)
+PHOTO_FIELDS = (*LEAD_COLUMNS, *PHOTO_COLUMNS)
+RANK_COLUMNS = ("species", "common_name", "venomous", "probability")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _photo_cells(r: ImageResult) -> list[str]:
+    """The per-photo decisions, in PHOTO_COLUMNS order."""
+    return [
+        f"{r.venomous_probability:.6f}",
+        _bool(r.possibly_venomous),
+        _bool(r.low_confidence),
+        f"{r.unknown_score:.6f}",
+        f"{r.unknown_margin:.6f}",
+        _bool(r.unknown),
+    ]
+
+
+def _rank_cells(p: Prediction) -> list[str]:
+    """One prediction, in RANK_COLUMNS order."""
+    return [p.species, p.common_name, _bool(p.venomous), f"{p.probability:.6f}"]
+
+
+class CsvWriter:
+    """One row per photo: path, verdict, reason, the top-k in columns (species_1, ...,
+    probability_k), the per-photo decisions, then `error` (empty unless the photo failed, when
+    only it is set)."""
+
+    def __init__(self, out: TextIO, top_k: int) -> None:
+        self.writer = csv.writer(out, lineterminator="\n")
+        ranked = [f"{c}_{rank}" for rank in range(1, top_k + 1) for c in RANK_COLUMNS]
+        self.header = ["path", *LEAD_COLUMNS, *ranked, *PHOTO_COLUMNS, "error"]
+        self.writer.writerow(self.header)
+
+    def result(self, path: Path, r: ImageResult) -> None:
+        ranked = [cell for p in r.predictions for cell in _rank_cells(p)]
+        self.writer.writerow([path, r.verdict, r.reason, *ranked, *_photo_cells(r), ""])
+
+    def error(self, path: Path, message: str) -> None:
+        self.writer.writerow([path, *[""] * (len(self.header) - 2), message])
+
+
+class LongCsvWriter:
+    """`--long`: one row per (photo, rank), each repeating the photo's decisions; a failed photo
+    is one row with only `path` and `error`."""
+
+    HEADER = ("path", *LEAD_COLUMNS, "rank", *RANK_COLUMNS, *PHOTO_COLUMNS, "error")
+
+    def __init__(self, out: TextIO) -> None:
+        self.writer = csv.writer(out, lineterminator="\n")
+        self.writer.writerow(self.HEADER)
+
+    def result(self, path: Path, r: ImageResult) -> None:
+        for rank, p in enumerate(r.predictions, 1):
+            row = [path, r.verdict, r.reason, rank, *_rank_cells(p), *_photo_cells(r), ""]
+            self.writer.writerow(row)
+
+    def error(self, path: Path, message: str) -> None:
+        self.writer.writerow([path, *[""] * (len(self.HEADER) - 2), message])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(getattr(logging, args.log_level.upper()))
+    try:
+        model = find_model(args.model)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    import uvicorn
+
+    from snakeid.deploy.serve import create_app
+
+    try:
+        app = create_app(
+            model,
+            args.meta,
+            top_k=args.top_k,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            low_confidence=args.low_confidence,
+            venomous_threshold=args.venomous_threshold,
+            max_pixels=args.max_pixels,
+            threads=args.threads,
+        )
+    except UserError as e:
+        return _fail(str(e))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

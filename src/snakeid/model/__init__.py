@@ -1,0 +1,1 @@
+"""The network, its exported form and the rules that turn its outputs into a decision."""
