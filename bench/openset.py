@@ -62,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import _realdata  # noqa: E402  (the verified rows and the feature pass, as cv.py)
+from _openset_scores import Energy, Mahalanobis  # noqa: E402
 from _realdata import (  # noqa: E402
     CALIBRATION_FOLD,
     COST_RATIOS,
@@ -84,8 +85,6 @@ from snakeid.model.decision import (  # noqa: E402
 from snakeid.model.metrics import macro_f1  # noqa: E402
 from snakeid.model.openset import (  # noqa: E402
     Combined,
-    Energy,
-    Mahalanobis,
     MaxSoftmax,
     NearestNeighbour,
     OpenSetScore,
