@@ -37,14 +37,8 @@ from snakeid.contract import load_meta  # noqa: E402
 from snakeid.data.dataset import eval_batches  # noqa: E402
 from snakeid.data.manifest import read_manifest  # noqa: E402
 from snakeid.data.split import model_species  # noqa: E402
-from snakeid.deploy.quantize import (  # noqa: E402
-    QuantizeConfig,
-    calibration_rows,
-    compare,
-    latency_ms,
-    quantize,
-    run_probs,
-)
+from snakeid.deploy.quantize import QuantizeConfig, calibration_rows, quantize  # noqa: E402
+from snakeid.deploy.quantize_checks import compare, latency_ms, run_probs  # noqa: E402
 from snakeid.model.onnxio import ort_session  # noqa: E402
 from snakeid.stage import stage_inputs  # noqa: E402
 from snakeid.taxa import label_index  # noqa: E402

@@ -31,7 +31,8 @@ from snakeid.config import load_params, section  # noqa: E402
 from snakeid.data.dataset import eval_batches  # noqa: E402
 from snakeid.data.manifest import read_manifest  # noqa: E402
 from snakeid.deploy.quantize import QuantizeConfig, quantize  # noqa: E402
-from snakeid.model.models import DeployedModel, ModelConfig, build_model  # noqa: E402
+from snakeid.model.deployed import DeployedModel  # noqa: E402
+from snakeid.model.models import ModelConfig, build_model  # noqa: E402
 from snakeid.model.onnx_export import export_onnx  # noqa: E402
 from snakeid.taxa import load_species  # noqa: E402
 from snakeid.utils import write_json  # noqa: E402

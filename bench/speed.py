@@ -67,7 +67,13 @@ from snakeid.model.engine import feature_engine, prefix_engine
 from snakeid.model.export import ExportConfig
 from snakeid.model.models import ModelConfig, build_model
 from snakeid.taxa import label_index, load_species
-from snakeid.train.config import FinetuneConfig, TrainHeadConfig, finetune_settings, prepare
+from snakeid.train.config import (
+    FinetuneConfig,
+    Setup,
+    TrainHeadConfig,
+    finetune_settings,
+    start_process,
+)
 from snakeid.train.evaluate import evaluable
 from snakeid.utils import setup_logging
 
@@ -198,7 +204,8 @@ def pipeline_and_training(root: Path, scratch: Path, sizes: Sizes) -> dict[str, 
 def interleaved_costs(root: Path, scratch: Path, sizes: Sizes, training: dict[str, Any]) -> None:
     """Per-image costs of both loops' work, measured interleaved (see _unit_costs)."""
     params = load_params(root / "params.yaml")
-    setup = prepare(params)  # the stages' seeding, determinism and thread settings
+    setup = Setup.from_params(params)
+    start_process(setup.base)  # the stages' seeding, determinism and thread settings
     base, data = setup.base, setup.data
     head_cfg = section(params, "train_head", TrainHeadConfig)
     ft_cfg = section(params, "finetune", FinetuneConfig)
@@ -233,7 +240,8 @@ def interleaved_costs(root: Path, scratch: Path, sizes: Sizes, training: dict[st
     summary = _unit_costs.summary(costs, counts)
     for stage in ("train_head", "finetune"):
         training[stage]["interleaved"] = summary[stage] | {"seconds_per_image": costs}
-    torch.use_deterministic_algorithms(False)  # prepare() turned it on; serving does not use it
+    # start_process() turned it on; serving does not use it
+    torch.use_deterministic_algorithms(False)
 
 
 def compare(t: dict[str, Any], target: float) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from snakeid.train.config import (
     TrainHeadConfig,
     class_weights,
     finetune_settings,
-    prepare,
+    start_process,
 )
 from snakeid.utils import setup_logging
 
@@ -171,7 +171,8 @@ def main() -> None:
 
     params = load_params(args.params)
     head_cfg = section(params, "train_head", TrainHeadConfig)
-    setup = prepare(params)  # seeds and sets threads before the model is built, as the stages do
+    setup = Setup.from_params(params)
+    start_process(setup.base)  # seeds and sets threads before the model is built, as the stages do
     if args.stage == "train_head":
         model_cfg = section(params, "model", ModelConfig)
         model = build_model(setup.base.backbone, len(setup.species), model_cfg)

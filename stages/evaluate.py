@@ -12,8 +12,8 @@ from snakeid.data.dataset import DataConfig
 from snakeid.data.manifest import read_manifest
 from snakeid.data.split import UNKNOWN, model_species
 from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.deployed import deployed
 from snakeid.model.engine import feature_engine, prefix_engine
-from snakeid.model.models import deployed
 from snakeid.model.openset import UnknownScore
 from snakeid.model.runtime import resolve_device, seed_everything, set_threads
 from snakeid.stage import run_stage, stage_inputs
@@ -22,13 +22,11 @@ from snakeid.train.evaluate import (
     evaluate,
     headline,
     per_species_rows,
-    plot_confusion,
-    plot_per_species_f1,
-    plot_tradeoff,
     predict_scores,
     prediction_rows,
     tradeoff_rows,
 )
+from snakeid.train.plots import plot_confusion, plot_per_species_f1, plot_tradeoff
 from snakeid.utils import write_csv, write_json
 
 

@@ -12,6 +12,7 @@ from snakeid.data.manifest import read_manifest
 from snakeid.data.split import model_species
 from snakeid.deploy.card import bench_evidence, data_provenance, model_card
 from snakeid.model.checkpoint import load_checkpoint
+from snakeid.model.deployed import deployed
 from snakeid.model.export import (
     PARITY_HEADLINE,
     ExportConfig,
@@ -20,7 +21,6 @@ from snakeid.model.export import (
     model_region,
     parity,
 )
-from snakeid.model.models import deployed
 from snakeid.model.onnx_export import export_onnx
 from snakeid.model.onnxio import ort_session
 from snakeid.model.openset import UnknownScore

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from snakeid.config import load_params, section
-from snakeid.errors import UserError
 from snakeid.model.calibration import calibrate_on_val
 from snakeid.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from snakeid.model.models import SnakeNet
@@ -26,9 +25,10 @@ from snakeid.train.config import (
     FinetuneConfig,
     Setup,
     TrainHeadConfig,
+    check_refit,
     finetune_settings,
     fit_spec,
-    prepare,
+    start_process,
 )
 from snakeid.train.features import Caches, load_caches, pooled_views
 from snakeid.train.head import Holdout
@@ -51,7 +51,8 @@ def main() -> None:
     params = load_params(args.params)
     head_cfg = section(params, "train_head", TrainHeadConfig)
     cfg = section(params, "finetune", FinetuneConfig)
-    setup = prepare(params)
+    setup = Setup.from_params(params)
+    start_process(setup.base)
 
     model, head_ckpt = load_checkpoint(args.head, setup.species)
     head = head_ckpt.metrics
@@ -140,11 +141,9 @@ def _finetune(
     log: EpochLog,
 ) -> tuple[SnakeNet, dict[str, Any], dict[str, Any]]:
     """Train the last blocks on the cached features: (model, metrics, val holdout)."""
-    if head_ckpt.params["train_head"].get("refit"):
-        raise UserError(
-            "the head was refitted on train+val (train_head.refit); finetune would choose its "
-            "epoch on photos the head trained on: set train_head.refit: false"
-        )
+    head_params = head_ckpt.params["train_head"]
+    check_refit(refit=bool(head_params.get("refit")), method=head_params.get("method", "probe"),
+                finetune_enabled=True)  # fmt: skip
     fit = fit_spec(cfg, setup, **finetune_settings(head_cfg, cfg, setup.base.seed))
     result = train_tail(
         model, cfg.unfreeze_blocks, caches, base=setup.base, data=setup.data, fit=fit,

@@ -11,15 +11,8 @@ from snakeid.contract import load_meta
 from snakeid.data.dataset import eval_batches
 from snakeid.data.manifest import read_manifest
 from snakeid.data.split import UNKNOWN, model_species
-from snakeid.deploy.quantize import (
-    HEADLINE,
-    QuantizeConfig,
-    calibration_rows,
-    check_int8,
-    compare,
-    latencies,
-    quantize,
-)
+from snakeid.deploy.quantize import QuantizeConfig, calibration_rows, quantize
+from snakeid.deploy.quantize_checks import HEADLINE, check_int8, compare, latencies
 from snakeid.stage import run_stage, stage_inputs
 from snakeid.taxa import label_index
 from snakeid.train.evaluate import Evaluation, evaluable, prediction_rows, verdict_causes

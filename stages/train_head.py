@@ -16,7 +16,6 @@ from pathlib import Path
 from snakeid.config import load_params, section, to_dict
 from snakeid.data.dataset import eval_preprocess_spec
 from snakeid.data.manifest import read_manifest
-from snakeid.errors import UserError
 from snakeid.model.checkpoint import save_checkpoint
 from snakeid.model.models import (
     ModelConfig,
@@ -31,10 +30,12 @@ from snakeid.train.adapt import adapt_trunks
 from snakeid.train.config import (
     AdaptConfig,
     FinetuneConfig,
+    Setup,
     TrainHeadConfig,
+    check_refit,
     fit_spec,
-    prepare,
     probe_balance,
+    start_process,
 )
 from snakeid.train.features import cache_features
 from snakeid.train.head import Holdout, train_probe
@@ -60,16 +61,11 @@ def main() -> None:
     cfg = section(params, "train_head", TrainHeadConfig)
     finetune = section(params, "finetune", FinetuneConfig)
     adapt = section(params, "adapt", AdaptConfig)
-    setup = prepare(params)
+    setup = Setup.from_params(params)
+    start_process(setup.base)
     base = setup.base
     backbones = backbone_list(base.backbone)
-    if cfg.refit and cfg.method != "probe":
-        raise UserError("train_head.refit: true needs train_head.method: probe")
-    if cfg.refit and finetune.enabled:
-        raise UserError(
-            "train_head.refit trains the head on val photos, but finetune chooses its epoch on "
-            "them: set finetune.enabled: false or train_head.refit: false"
-        )
+    check_refit(refit=cfg.refit, method=cfg.method, finetune_enabled=finetune.enabled)
     balanced = probe_balance(setup.data, setup.loss) if cfg.method == "probe" else False
 
     sizes = trunk_sizes(backbones, base.image_size)

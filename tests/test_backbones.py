@@ -10,10 +10,12 @@ import torch
 from snakeid.config import BaseConfig
 from snakeid.data.dataset import DataConfig, eval_batches
 from snakeid.data.manifest import read_manifest
-from snakeid.deploy.quantize import QuantizeConfig, _edge_nodes, quantize, run_probs
+from snakeid.deploy.quantize import QuantizeConfig, _edge_nodes, quantize
+from snakeid.deploy.quantize_checks import run_probs
 from snakeid.errors import UserError
+from snakeid.model.deployed import DeployedModel
 from snakeid.model.export import parity
-from snakeid.model.models import LITE, DeployedModel, ModelConfig, build_model, trunk_sizes
+from snakeid.model.models import LITE, ModelConfig, build_model, trunk_sizes
 from snakeid.model.onnx_export import export_onnx
 from snakeid.model.onnxio import ort_session
 from snakeid.model.openset import UnknownScore

@@ -10,7 +10,8 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from snakeid.contract import ModelMeta
-from snakeid.deploy.quantize import QuantizeConfig, _drop_lower_bound, check_int8, compare
+from snakeid.deploy.quantize import QuantizeConfig
+from snakeid.deploy.quantize_checks import _drop_lower_bound, check_int8, compare
 from snakeid.errors import UserError
 from snakeid.model.calibration import (
     bayes_threshold,

@@ -15,16 +15,17 @@ import pytest
 
 from fake_inat import RANDOM_FAULT_KINDS, FakeInat, Photo, World
 from snakeid.config import ParamsError, from_dict
-from snakeid.data.sources.inat import download_inat, resize_url
+from snakeid.data.sources.inat import download_inat
 from snakeid.data.sources.inat_client import (
     Budget,
     BudgetExhausted,
     InatError,
     InatSession,
     InatUnreachable,
-    RateLimiter,
 )
 from snakeid.data.sources.inat_config import InatConfig
+from snakeid.data.sources.inat_pacing import RateLimiter
+from snakeid.data.sources.inat_selection import resize_url
 from snakeid.data.sources.inat_taxa import TaxonResolutionError
 from snakeid.errors import UserError
 from snakeid.taxa import Species

@@ -1,8 +1,10 @@
 """The package's layers hold: import-linter's contracts (pyproject.toml) pass, fail on a planted
-upward import or a torch import in deploy, and the import graph stays at most six floors high."""
+upward import or a torch import in deploy, the import graph stays at most six floors high, and
+modules and functions stay short."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -100,3 +102,24 @@ def test_the_import_graph_has_at_most_six_floors() -> None:
 
     top = max(floor(m) for m in graph.modules)
     assert top <= MAX_FLOORS, sorted(m for m, f in floors.items() if f > MAX_FLOORS)
+
+
+MAX_MODULE_LINES = 400  # the demo source's generated scenes are exempt
+MAX_FUNCTION_LINES = 60
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    """No module over 400 lines (except the demo source) and no function over 60, nested
+    functions included: split by meaning before either grows past that."""
+    too_long = []
+    for path in sorted((REPO / "src/snakeid").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES and not rel.endswith("sources/demo.py"):
+            too_long.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}: {node.name}() {lines} lines")
+    assert not too_long, too_long

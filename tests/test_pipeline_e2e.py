@@ -125,7 +125,7 @@ def test_onnx_models_agree_with_pytorch_on_test_photos(project):
     from snakeid.data.dataset import eval_transform, load_rgb
     from snakeid.data.manifest import read_manifest
     from snakeid.model.checkpoint import load_checkpoint
-    from snakeid.model.models import deployed
+    from snakeid.model.deployed import deployed
     from snakeid.model.openset import UnknownScore
 
     net, ckpt = load_checkpoint(project / "models/model_final.pt")

@@ -253,19 +253,25 @@ def test_provenance_and_model_card(tmp_path, source):
     assert (adapted in card) == (source == "inat")
 
 
-def test_progress_logs_lines_instead_of_a_bar_when_not_on_a_terminal(monkeypatch, caplog, capsys):
+def test_progress_logs_lines_instead_of_a_bar_when_not_on_a_terminal(caplog, capsys):
     import logging
 
     import snakeid.utils as utils
 
-    monkeypatch.setattr(utils, "PROGRESS_EVERY_S", 0)  # a line at every update
     with (
         caplog.at_level(logging.INFO, logger="snakeid.utils"),
-        utils.Progress(3, "verify", "img") as p,
+        utils.Progress(3, "verify", "img", every_s=0) as p,  # a line at every update
     ):
         for _ in range(3):
             p.update()
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "verify: 1/3 img", "verify: 2/3 img", "verify: 3/3 img",
     ]  # fmt: skip
+    caplog.clear()
+    with (
+        caplog.at_level(logging.INFO, logger="snakeid.utils"),
+        utils.Progress(2, "train_head: epochs", "epoch", every_s=0) as p,
+    ):
+        p.update(loss="0.512", val_f1="0.731")  # named values end the line, as on the bar
+    assert caplog.records[0].getMessage().endswith("epoch/s) loss 0.512 val_f1 0.731")
     assert "verify" not in capsys.readouterr().err  # no tqdm bar written

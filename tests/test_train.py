@@ -6,9 +6,16 @@ from snakeid.config import BaseConfig
 from snakeid.data.dataset import DataConfig, SplitDataset, eval_transform
 from snakeid.data.manifest import read_manifest
 from snakeid.errors import UserError
+from snakeid.model.deployed import deployed
 from snakeid.model.engine import feature_engine, prefix_engine
-from snakeid.model.models import ModelConfig, build_model, deployed
-from snakeid.train.config import FitSpec, LossConfig, check_imbalance_options, class_weights
+from snakeid.model.models import ModelConfig, build_model
+from snakeid.train.config import (
+    FitSpec,
+    LossConfig,
+    check_imbalance_options,
+    check_refit,
+    class_weights,
+)
 from snakeid.train.features import cache_features, load_caches
 from snakeid.train.loop import train_tail
 from training_data import SPECIES, make_split
@@ -226,3 +233,22 @@ def test_the_probe_separates_two_species() -> None:
     # a third, absent class is never predicted
     three = fit_probe(x, y, 3, c=1.0).logits(x)
     assert (three.argmax(1) == y).mean() > 0.9 and not (three.argmax(1) == 2).any()
+
+
+@pytest.mark.parametrize(
+    ("refit", "method", "finetune_enabled", "error"),
+    [
+        (True, "probe", False, None),  # the default: a refitted probe, no finetune
+        (False, "sgd", True, None),
+        (True, "sgd", False, "needs train_head.method: probe"),
+        (True, "probe", True, "set finetune.enabled: false or train_head.refit: false"),
+    ],
+)
+def test_a_refitted_head_excludes_finetune(refit, method, finetune_enabled, error):
+    """One rule for both stages: train_head checks params.yaml, finetune the head checkpoint."""
+    settings = dict(refit=refit, method=method, finetune_enabled=finetune_enabled)
+    if error is None:
+        check_refit(**settings)
+    else:
+        with pytest.raises(UserError, match=error):
+            check_refit(**settings)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from snakeid.deploy.cli import BatchProgress, main
+from snakeid.deploy.cli import main
 from snakeid.deploy.predict import MODEL_ENV, find_model
+from snakeid.deploy.predict_output import BatchProgress
 from snakeid.deploy.serve import create_app
 from snakeid.model.decision import (
     CONFIDENT_HARMLESS,

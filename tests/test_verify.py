@@ -15,8 +15,9 @@ from PIL import Image, ImageEnhance
 
 from snakeid.config import ParamsError, section
 from snakeid.data.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS
-from snakeid.data.verify import VerifyConfig, run, to_rgb, verify_photos
+from snakeid.data.verify import VerifyConfig, run, verify_photos
 from snakeid.errors import UserError
+from snakeid.images import to_rgb
 from snakeid.taxa import Species
 
 NAJA, BUNG = "Naja kaouthia", "Bungarus fasciatus"

@@ -116,7 +116,7 @@ def build_tiny_model(
     `data_source` ("demo-synthetic", "folder", ...) becomes the meta's `data.source`. Returns
     (path of the model to use, the deployed torch module) so tests can compare outputs.
     """
-    from snakeid.model.models import DeployedModel
+    from snakeid.model.deployed import DeployedModel
 
     net = tiny_net(len(species), favour)
     score = tiny_unknown_score(net, image_size)

@@ -1,14 +1,40 @@
-"""Turning any decoded image into the 8-bit RGB picture a person would see.
+"""Turning any decoded image into the 8-bit RGB picture a person would see, and the pixel limit.
 
 Shared by `verify` (clean copies), training (`snakeid.data.dataset.load_rgb`) and serving
-(`snakeid.model.preprocess`), so an alpha PNG or a 16-bit scan looks the same to all of them.
-Pillow and numpy only: the serving install has no torch.
+(`snakeid.model.preprocess`), so an alpha PNG or a 16-bit scan looks the same to all of them,
+and a photo too big for `verify` is too big for serving too. Pillow and numpy only: the serving
+install has no torch.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
+
+# The decompression-bomb guard's default: `verify.max_pixels` in params.yaml (a test checks they
+# agree) and serving's `--max-pixels`; training never saw a bigger photo, so serving refuses them.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb check use our limit, and fail instead of warning.
+
+    Process-wide (Pillow only has a global); entry points call it once, `verify` inside a scope
+    that restores both. Readers also check the header themselves (`over_pixel_limit`).
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def over_pixel_limit(im: Image.Image, max_pixels: int | None) -> bool:
+    """True if the opened image has more than `max_pixels` pixels (None: no limit).
+
+    Reads the size from the header, so call it between `Image.open` and `load`: a bomb is then
+    refused before any pixel is decompressed.
+    """
+    return max_pixels is not None and im.width * im.height > max_pixels
 
 
 def open_rgb(image: Image.Image, *, exif_transpose: bool = True) -> Image.Image:

@@ -18,27 +18,35 @@ PROGRESS_EVERY_S = 20  # a log line this often in long loops when stdout is not 
 
 class Progress:
     """Progress of a long loop: a tqdm bar on a terminal; otherwise (CI, `dvc exp run` logs, a
-    file) a log line every PROGRESS_EVERY_S seconds, never a bar. `show=False` (a torchrun rank
-    other than 0) shows nothing."""
+    file) a log line every `every_s` seconds (0: every update, e.g. once per epoch), never a
+    bar. `show=False` (a torchrun rank other than 0) shows nothing. `update(**postfix)` adds
+    short named values (a loss, a score) to the bar and the log line."""
 
-    def __init__(self, total: int, desc: str, unit: str, *, show: bool = True):
+    def __init__(
+        self, total: int, desc: str, unit: str, *, show: bool = True,
+        every_s: float = PROGRESS_EVERY_S,
+    ):  # fmt: skip
         from tqdm import tqdm
 
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.every_s = every_s
         self.started = self._said = time.perf_counter()
         self.bar = tqdm(total=total, desc=desc, unit=unit, mininterval=1.0, leave=False,
                         disable=None if show else True)  # fmt: skip
         self.log = show and bool(self.bar.disable)  # None resolved: no terminal
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, **postfix: str) -> None:
         self.done += n
         self.bar.update(n)
+        if postfix:
+            self.bar.set_postfix(postfix)
         now = time.perf_counter()
-        if self.log and now - self._said >= PROGRESS_EVERY_S:
+        if self.log and now - self._said >= self.every_s:
             self._said = now
             rate = self.done / (now - self.started)
-            _logger.info("%s: %d/%d %s (%.1f %s/s)", self.desc, self.done, self.total,
-                         self.unit, rate, self.unit)  # fmt: skip
+            extra = "".join(f" {k} {v}" for k, v in postfix.items())
+            _logger.info("%s: %d/%d %s (%.1f %s/s)%s", self.desc, self.done, self.total,
+                         self.unit, rate, self.unit, extra)  # fmt: skip
 
     def __enter__(self) -> Progress:
         return self

@@ -24,30 +24,26 @@ wrong label.
 
 Kept photos are normalised once, here, so every later stage reads plain RGB JPEGs: EXIF orientation
 applied, converted to RGB (`to_rgb`), shorter side downscaled to `resize_shorter` (never
-upscaled), metadata stripped.
+upscaled), metadata stripped. One photo's decode, checks and clean copy are in
+`snakeid.data.photo_check` (what the worker processes run); this module orders the photos,
+finds the repeats and accounts for every one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import multiprocessing
 import re
 import shutil
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import imagehash
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
 
 from snakeid.config import spec
 from snakeid.data.manifest import (
@@ -56,8 +52,9 @@ from snakeid.data.manifest import (
     read_checked_manifest,
     write_manifest,
 )
+from snakeid.data.photo_check import Inspected, Job, inspect_photo
 from snakeid.errors import UserError
-from snakeid.images import to_rgb
+from snakeid.images import DEFAULT_MAX_PIXELS
 from snakeid.taxa import Species, label_index, species_slug
 from snakeid.utils import Progress
 
@@ -85,7 +82,7 @@ class VerifyConfig:
     min_side: int = field(default=64, metadata=spec(ge=1))
     resize_shorter: int = field(default=320, metadata=spec(ge=32, le=4096))
     near_dup_distance: int = field(default=4, metadata=spec(ge=0, le=_HASH_BITS // 2))
-    max_pixels: int = field(default=40_000_000, metadata=spec(ge=1))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=spec(ge=1))
     jpeg_quality: int = field(default=90, metadata=spec(ge=50, le=100))
     workers: int = field(default=2, metadata=spec(ge=1, le=64))  # decode processes
 
@@ -120,111 +117,6 @@ def _check_rows(rows: Sequence[Mapping[str, str]], species: Sequence[Species], w
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding and normalising one image
-
-
-class _TooManyPixels(Exception):
-    pass
-
-
-@contextmanager
-def _pillow_guard(max_pixels: int) -> Iterator[None]:
-    """Pillow's own bomb check at our limit, bomb warnings as errors, no truncated images."""
-    old_max, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_max, old_truncated
-
-
-def decode_rgb(path: str | Path, max_pixels: int) -> Image.Image:
-    """Fully decode one image: size checked from the header first, EXIF orientation, RGB.
-
-    Raises `Image.DecompressionBombError` for too many pixels; anything else a broken file can
-    raise otherwise. Call inside `_pillow_guard`.
-    """
-    with Image.open(path) as im:
-        if im.width * im.height > max_pixels:
-            raise Image.DecompressionBombError(
-                f"{im.width}x{im.height} = {im.width * im.height} pixels"
-            )
-        im.load()
-        return to_rgb(ImageOps.exif_transpose(im))
-
-
-def downscale(im: Image.Image, shorter: int) -> Image.Image:
-    """Resize so the shorter side is `shorter`; images already that small are left alone."""
-    w, h = im.size
-    if min(w, h) <= shorter:
-        return im
-    s = shorter / min(w, h)
-    size = (shorter, max(1, round(h * s))) if w <= h else (max(1, round(w * s)), shorter)
-    # reducing_gap: box-reduce first, then Lanczos; visually the same as pure Lanczos, much faster.
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-@dataclass(frozen=True)
-class _Job:
-    src: str  # raw photo
-    dst: str  # where its clean copy goes
-
-
-@dataclass(frozen=True)
-class _Inspected:
-    reason: str = ""  # empty: sound, clean copy written
-    detail: str = ""
-    pixel_hash: str = ""
-    phash: int = 0
-    width: int = 0
-    height: int = 0
-    sha256: str = ""
-
-
-def _inspect(job: _Job, cfg: VerifyConfig) -> _Inspected:
-    """Check one photo and, if it is sound, write its clean copy. Never raises for a bad file."""
-    src = Path(job.src)
-    if not job.src or not src.is_file():
-        return _Inspected("missing", f"no such file: {job.src}")
-    if src.stat().st_size == 0:
-        return _Inspected("unreadable", "zero-byte file")
-    with _pillow_guard(cfg.max_pixels):
-        try:
-            rgb = decode_rgb(src, cfg.max_pixels)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            # Pillow's own message quotes its internal limit (2 x ours for an error), so say ours.
-            return _Inspected("decompression_bomb", f"over max_pixels {cfg.max_pixels}: {e}")
-        except Exception as e:  # a broken file can make any Pillow plugin raise anything
-            return _Inspected("unreadable", f"{type(e).__name__}: {e}")
-    w, h = rgb.size
-    if min(w, h) < cfg.min_side:
-        return _Inspected("too_small", f"{w}x{h}, shorter side < min_side {cfg.min_side}")
-
-    # Exact identity is on decoded pixels, so a PNG and its lossless re-encode match.
-    pixel_hash = hashlib.sha256(f"{w}x{h}:".encode() + rgb.tobytes()).hexdigest()
-    small = downscale(rgb, cfg.resize_shorter)
-    # pHash resizes to 32x32 anyway; hashing the downscaled copy is as good and much cheaper.
-    phash = int(str(imagehash.phash(small)), 16)
-    buf = io.BytesIO()
-    small.save(buf, "JPEG", quality=cfg.jpeg_quality)
-    data = buf.getvalue()
-    # Writing is outside the try above on purpose: a full disk is a crash, not a bad photo.
-    dst = Path(job.dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data)
-    return _Inspected(
-        pixel_hash=pixel_hash,
-        phash=phash,
-        width=small.width,
-        height=small.height,
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -239,8 +131,14 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _inspect_all(jobs: list[_Job], cfg: VerifyConfig) -> list[_Inspected]:
-    work = partial(_inspect, cfg=cfg)
+def _inspect_all(jobs: list[Job], cfg: VerifyConfig) -> list[Inspected]:
+    work = partial(
+        inspect_photo,
+        max_pixels=cfg.max_pixels,
+        min_side=cfg.min_side,
+        resize_shorter=cfg.resize_shorter,
+        jpeg_quality=cfg.jpeg_quality,
+    )
     with Progress(len(jobs), "verify", "img") as progress:
         if cfg.workers == 1 or len(jobs) < 2 * cfg.workers:
             results = []
@@ -269,7 +167,7 @@ class _KeptIndex:
         self.phash = np.zeros(capacity, dtype=np.uint64)
         self.taxon = np.zeros(capacity, dtype=np.int32)
 
-    def match(self, res: _Inspected, taxon: int) -> tuple[str, int, int] | None:
+    def match(self, res: Inspected, taxon: int) -> tuple[str, int, int] | None:
         """(reason, index of the kept photo, distance) if `res` repeats a kept photo."""
         if res.pixel_hash in self.by_pixels:
             j, t = self.by_pixels[res.pixel_hash]
@@ -287,7 +185,7 @@ class _KeptIndex:
         reason = "near_duplicate" if same.any() else "cross_species_near_duplicate"
         return reason, self.index[m], int(dist[m])
 
-    def add(self, i: int, res: _Inspected, taxon: int) -> None:
+    def add(self, i: int, res: Inspected, taxon: int) -> None:
         k = len(self.index)
         self.phash[k], self.taxon[k] = res.phash, taxon
         self.by_pixels[res.pixel_hash] = (i, taxon)
@@ -313,7 +211,7 @@ def verify_photos(
         (out / "images" / species_slug(r["taxon"]) / f"{r['photo_id']}.jpg").as_posix()
         for r in rows
     ]
-    jobs = [_Job(r["path"], d) for r, d in zip(rows, dst, strict=True)]
+    jobs = [Job(r["path"], d) for r, d in zip(rows, dst, strict=True)]
     inspected = _inspect_all(jobs, cfg)
 
     taxon_index = label_index(species)
@@ -325,22 +223,9 @@ def verify_photos(
         reason, detail = res.reason, res.detail
         if not reason and (hit := index.match(res, taxon_index[r["taxon"]])):
             reason, j, dist = hit
-            other = rows[j]
-            detail = f"{reason.replace('_', ' ')} of {other['photo_id']}"
-            if reason.startswith("cross_species"):
-                detail += f" ({other['taxon']})"
-                conflicts.append(
-                    {
-                        "kind": reason.removeprefix("cross_species_"),
-                        "distance": dist,
-                        "kept": other["photo_id"],
-                        "kept_taxon": other["taxon"],
-                        "dropped": r["photo_id"],
-                        "dropped_taxon": r["taxon"],
-                    }
-                )
-            if reason.endswith("near_duplicate"):
-                detail += f", pHash distance {dist}"
+            detail, conflict = _describe_repeat(reason, dist, row=r, kept_row=rows[j])
+            if conflict is not None:
+                conflicts.append(conflict)
             Path(dst[i]).unlink()  # its clean copy was written before we knew
         if reason:
             dropped.append({c: r[c] for c in ("photo_id", "path", "taxon")})
@@ -356,6 +241,27 @@ def verify_photos(
     metrics = _metrics(rows, species, kept, dropped, conflicts)
     _log_summary(metrics)
     return VerifyResult(kept, dropped, metrics)
+
+
+def _describe_repeat(
+    reason: str, dist: int, *, row: Mapping[str, str], kept_row: Mapping[str, str]
+) -> tuple[str, dict[str, Any] | None]:
+    """Detail for the dropped list (`row` repeats `kept_row`) and the label conflict, if any."""
+    detail = f"{reason.replace('_', ' ')} of {kept_row['photo_id']}"
+    conflict: dict[str, Any] | None = None
+    if reason.startswith("cross_species"):
+        detail += f" ({kept_row['taxon']})"
+        conflict = {
+            "kind": reason.removeprefix("cross_species_"),
+            "distance": dist,
+            "kept": kept_row["photo_id"],
+            "kept_taxon": kept_row["taxon"],
+            "dropped": row["photo_id"],
+            "dropped_taxon": row["taxon"],
+        }
+    if reason.endswith("near_duplicate"):
+        detail += f", pHash distance {dist}"
+    return detail, conflict
 
 
 def _metrics(

@@ -27,15 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from snakeid import __version__
 from snakeid.deploy.predict import SYNTHETIC_WARNING, Predictor
 from snakeid.errors import InvalidValue
+from snakeid.images import DEFAULT_MAX_PIXELS, set_pixel_limit
 from snakeid.model.decision import HEADLINES
 from snakeid.model.preprocess import (
-    DEFAULT_MAX_PIXELS,
     CorruptImage,
     ImageTooLarge,
     NotAnImage,
     UnreadableImage,
     load_image,
-    set_pixel_limit,
 )
 
 _logger = logging.getLogger(__name__)

@@ -110,6 +110,17 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[i
     return float(r.mean())
 
 
+def validation_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int]
+) -> dict[str, float]:
+    """The val scores every training stage reports and selects epochs by."""
+    return {
+        "val_macro_f1": macro_f1(y_true, y_pred, labels),
+        "val_accuracy": float((y_pred == y_true).mean()),
+        "val_balanced_accuracy": balanced_accuracy(y_true, y_pred, labels),
+    }
+
+
 def bootstrap_intervals(
     y_true: np.ndarray,
     y_pred: np.ndarray,

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from snakeid.contract import PreprocessSpec
-from snakeid.images import open_rgb
 
-# Same value as `verify.max_pixels` in params.yaml: training never saw a bigger photo either.
-DEFAULT_MAX_PIXELS = 40_000_000
+# the pixel limit lives in `snakeid.images`, shared with `verify`
+from snakeid.images import DEFAULT_MAX_PIXELS, open_rgb, over_pixel_limit
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"}
 )
@@ -61,16 +60,6 @@ def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, 
     return left, top, left + crop, top + crop
 
 
-def set_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow's own decompression-bomb check use our limit, and fail instead of warning.
-
-    Process-wide (Pillow only has a global); entry points call it once. `load_image` also checks
-    the limit itself, so it is safe without this.
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-
 def load_image(
     source: str | Path | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
@@ -97,8 +86,8 @@ def load_image(
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise CorruptImage(f"image header could not be decoded: {e}") from e
     # Image.open read only the header; refuse before any pixel is decompressed.
-    pixels = im.width * im.height
-    if max_pixels is not None and pixels > max_pixels:
+    if over_pixel_limit(im, max_pixels):
+        pixels = im.width * im.height
         raise ImageTooLarge(
             f"image is {im.width}x{im.height} = {pixels:,} pixels, over the limit of {max_pixels:,}"
         )

@@ -187,6 +187,17 @@ class Setup:
     loss: LossConfig
     species: list[Species]
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Setup:
+        """Validate the shared training sections (one clear error per bad key, imbalance
+        options that stack) and load the species the model learns (`model_species`)."""
+        base = base_config(params)
+        data = section(params, "data", DataConfig)
+        loss = section(params, "loss", LossConfig)
+        check_imbalance_options(data, loss)
+        species, _ = model_species(params, load_species(base.species_file))
+        return cls(base, data, loss, species)
+
     def provenance(self, **sections: Any) -> dict[str, Any]:
         """The params a checkpoint was trained with: configs, or dicts of the keys used."""
         shared = {"base": self.base, "data": self.data, "loss": self.loss}
@@ -221,14 +232,21 @@ def finetune_settings(head: TrainHeadConfig, cfg: FinetuneConfig, seed: int) -> 
     }
 
 
-def prepare(params: dict[str, Any]) -> Setup:
-    """Validate the shared training sections, load species, seed, set threads and, under
-    torchrun, join the process group (every rank gets the same seed: same initial weights)."""
-    base = base_config(params)
-    data = section(params, "data", DataConfig)
-    loss = section(params, "loss", LossConfig)
-    check_imbalance_options(data, loss)
-    species, _ = model_species(params, load_species(base.species_file))
+def start_process(base: BaseConfig) -> None:
+    """Seed everything, set the threads and, under torchrun, join the process group (every rank
+    gets the same seed: same initial weights)."""
     seed_everything(base.seed, base.deterministic)
     distributed.init(resolve_device(base.device), base.threads)
-    return Setup(base, data, loss, species)
+
+
+def check_refit(*, refit: bool, method: str, finetune_enabled: bool) -> None:
+    """`train_head.refit` fits the probe on train + val: it needs the probe, and it excludes
+    finetune, which chooses its epoch on the val photos. Checked by train_head from params.yaml
+    and by finetune from the head checkpoint it starts from."""
+    if refit and method != "probe":
+        raise UserError("train_head.refit: true needs train_head.method: probe")
+    if refit and finetune_enabled:
+        raise UserError(
+            "train_head.refit trains the head on val photos, but finetune chooses its epoch on "
+            "them: set finetune.enabled: false or train_head.refit: false"
+        )

@@ -6,7 +6,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +146,51 @@ def evaluate(
     scored beside the argmax decision.
     """
     index = label_index(species)
+    kept, excluded, y = _trained_species_rows(test_rows, train_rows, index)
+    logits, scores = predict(kept)
+    probs = softmax(logits)
+    labels = sorted(set(y.tolist()))
+    report = classification_report(y, probs, species, labels, ece_bins=cfg.ece_bins)
+    t = calibration["temperature"]
+    venomous = [s.venomous for s in species]
+    p_venomous, is_venomous = venomous_probability(probs, venomous), np.asarray(venomous)[y]
+    rule = venomous_rule_report(p_venomous, is_venomous, calibration["venomous_threshold"])
+    cause = verdict_causes(probs, scores, species, calibration, unknown_threshold)
+    intervals = bootstrap_intervals(y, probs.argmax(1), labels, resamples=cfg.bootstrap, seed=seed)
+    openset = _openset(predict, scores, unknown_rows, species, unknown_species,
+                       threshold=unknown_threshold, calibration=calibration)  # fmt: skip
+    # what a person is told (`snakeid.model.decision`), by the photo's true kind
+    verdicts = _verdict_report(cause, is_venomous)
+    verdicts["unknown_venomous_no_warning_rate"] = openset.pop("unknown_venomous_no_warning_rate")
+    per_species = report.pop("per_species")
+    n_test = report.pop("n")
+    metrics = {
+        **report,
+        **intervals,
+        "n_test": n_test,
+        "temperature": t,
+        # the model's output is logits / T
+        "ece_uncalibrated": expected_calibration_error(y, softmax(logits * t), cfg.ece_bins),
+        "verdicts": verdicts,
+        # "possibly venomous" rule: flagged when P(any venomous species) ≥ threshold
+        "venomous_rule": rule,
+        "n_excluded_untrained_species": sum(excluded.values()),
+        "excluded_untrained_species": dict(sorted(excluded.items())),
+        "species_without_test_photos": [s.name for s in species if index[s.name] not in labels],
+        "bootstrap_resamples": cfg.bootstrap,
+        "openset": openset,
+        "per_species": per_species,
+    }
+    return Evaluation(metrics, kept, probs, y, scores, unknown_threshold, cause)
+
+
+def _trained_species_rows(
+    test_rows: Sequence[dict[str, str]],
+    train_rows: Sequence[dict[str, str]],
+    index: dict[str, int],
+) -> tuple[list[dict[str, str]], Counter[str], np.ndarray]:
+    """The test rows of species with training photos (`evaluable`), the others' count per
+    species (with a warning; none kept is an error), and the kept rows' labels by `index`."""
     kept, excluded = evaluable(test_rows, train_rows)
     if excluded:
         _logger.warning(
@@ -156,52 +200,7 @@ def evaluate(
         )
     if not kept:
         raise UserError("no test photo of a species the model was trained on: nothing to evaluate")
-    y = np.array([index[r["taxon"]] for r in kept])
-    logits, scores = predict(kept)
-    probs = softmax(logits)
-    labels = sorted(set(y.tolist()))
-    report = classification_report(y, probs, species, labels, ece_bins=cfg.ece_bins)
-    t = calibration["temperature"]
-    raw = softmax(logits * t)  # the model's output is logits / T
-    venomous = [s.venomous for s in species]
-    rule = venomous_rule_report(
-        venomous_probability(probs, venomous),
-        np.asarray(venomous)[y],
-        calibration["venomous_threshold"],
-    )
-    cause = verdict_causes(probs, scores, species, calibration, unknown_threshold)
-    intervals = bootstrap_intervals(y, probs.argmax(1), labels, resamples=cfg.bootstrap, seed=seed)
-    per_species = report.pop("per_species")
-    n_test = report.pop("n")
-    metrics = {
-        **report,
-        **intervals,
-        "n_test": n_test,
-        "temperature": t,
-        "ece_uncalibrated": expected_calibration_error(y, raw, cfg.ece_bins),
-        # what a person is told (`snakeid.model.decision`), by the photo's true kind
-        "verdicts": _verdict_report(cause, np.asarray(venomous)[y]),
-        # "possibly venomous" rule: flagged when P(any venomous species) ≥ threshold
-        "venomous_rule": rule,
-        "n_excluded_untrained_species": sum(excluded.values()),
-        "excluded_untrained_species": dict(sorted(excluded.items())),
-        "species_without_test_photos": [s.name for s in species if index[s.name] not in labels],
-        "bootstrap_resamples": cfg.bootstrap,
-        "openset": _openset(
-            predict,
-            scores,
-            unknown_rows,
-            species,
-            unknown_species,
-            threshold=unknown_threshold,
-            calibration=calibration,
-        ),
-        "per_species": per_species,
-    }
-    metrics["verdicts"]["unknown_venomous_no_warning_rate"] = metrics["openset"].pop(
-        "unknown_venomous_no_warning_rate"
-    )
-    return Evaluation(metrics, kept, probs, y, scores, unknown_threshold, cause)
+    return kept, excluded, np.array([index[r["taxon"]] for r in kept])
 
 
 def verdict_causes(
@@ -338,50 +337,6 @@ def prediction_rows(
     return out
 
 
-def plot_confusion(ev: Evaluation, species: Sequence[Species], path: Path) -> None:
-    """Row-normalised confusion matrix; venomous species' labels in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = sorted(set(ev.labels.tolist()) | set(ev.probs.argmax(1).tolist()))
-    pos = {c: i for i, c in enumerate(present)}
-    cm = np.zeros((len(present), len(present)))
-    for t, p in zip(ev.labels, ev.probs.argmax(1), strict=True):
-        cm[pos[t], pos[p]] += 1
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    names = [species[c].name for c in present]
-    size = max(6.0, 0.45 * len(present) + 3)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    for lab in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
-        if species[present[names.index(lab.get_text())]].venomous:
-            lab.set_color("firebrick")
-    for i in range(len(present)):
-        for j in range(len(present)):
-            if cm[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual (row-normalised; venomous species in red)")
-    ax.set_title(f"Test confusion matrix (n={len(ev.labels)})")
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def tradeoff_rows(
     ev: Evaluation, species: Sequence[Species], threshold: float
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -390,56 +345,3 @@ def tradeoff_rows(
     venomous = np.array([s.venomous for s in species])
     p, is_v = venomous_probability(ev.probs, venomous), venomous[ev.labels]
     return venomous_tradeoff(p, is_v), tradeoff_point(p, is_v, threshold)
-
-
-def plot_tradeoff(curve: list[dict[str, Any]], chosen: dict[str, Any], path: Path) -> None:
-    """Harmless photos passed against venomous photos missed, the chosen threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if not curve:  # every test photo venomous, or every one harmless
-        ax.text(0.5, 0.5, "no trade-off: the test photos are all of one kind", ha="center")
-        chosen = {**chosen, "venomous_missed": np.nan, "harmless_passed": np.nan}
-    ax.step([r["venomous_missed"] for r in curve], [r["harmless_passed"] for r in curve],
-            where="post", color="steelblue", label="every threshold")  # fmt: skip
-    ax.plot(chosen["venomous_missed"], chosen["harmless_passed"], "o", color="firebrick",
-            label=f"chosen: P(venomous) ≥ {chosen['threshold']:.3g}: misses "
-            f"{chosen['venomous_missed']:.0%}, passes {chosen['harmless_passed']:.0%}")  # fmt: skip
-    ax.set_xlabel("venomous test photos missed (no warning)")
-    ax.set_ylabel("harmless test photos passed (no warning)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title('"Possibly venomous" rule on the test photos')
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_per_species_f1(metrics: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per = metrics["per_species"]
-    names = sorted(per, key=lambda n: per[n]["f1"])
-    f1 = [per[n]["f1"] for n in names]
-    colors = ["firebrick" if per[n]["venomous"] else "steelblue" for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
-    ax.barh(range(len(names)), f1, color=colors)
-    ax.set_yticks(range(len(names)), [f"{n} (n={per[n]['support']})" for n in names], fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.axvline(
-        metrics["macro_f1"], color="k", ls="--", lw=1, label=f"macro-F1 {metrics['macro_f1']:.2f}"
-    )
-    ax.set_xlabel("F1 on the test split (red: venomous)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

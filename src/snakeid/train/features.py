@@ -286,12 +286,7 @@ def cache_features(
     `adapt` (the `adapt` section, as a dict): the settings `model`'s trunks were adapted with
     before this call, recorded in the cache key.
     """
-    if tta_flip and cut != model.depth:
-        raise UserError(
-            "model.tta_flip averages the pooled features of a photo and its mirror image, but "
-            "with finetune.enabled the features are cached before the trainable blocks, where "
-            "that mean cannot be taken: set model.tta_flip: false or finetune.enabled: false"
-        )
+    _check_tta_flip(tta_flip, cut == model.depth)
     device = resolve_device(base.device)
     model.eval()
     size = model.input_size
@@ -299,11 +294,7 @@ def cache_features(
     train_views = view_datasets(train_rows, species, size, data)
     val_views = view_datasets(val_rows, species, size, data)
     train_ds, val_ds = train_views[0], val_views[0]
-    if distributed.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for old in out_dir.glob("*"):
-            old.unlink()
-    distributed.barrier()
+    _empty(out_dir)
     engine = feature_engine(data.feature_engine, device)
     where = "pooled" if cut == model.depth else f"features[:{cut}]"
     _logger.info("frozen %s of %s computed by %s", where, "+".join(model.backbones), engine)
@@ -323,15 +314,28 @@ def cache_features(
     }
     if distributed.is_main():
         write_json(out_dir / FEATURES_META, meta)
-    return Caches(
-        train,
-        val,
-        np.array(train_ds.labels),
-        np.array(val_ds.labels),
-        cut,
-        [observation_key(r) for r in train_rows],
-        [observation_key(r) for r in val_rows],
-    )
+    return Caches(train, val, np.array(train_ds.labels), np.array(val_ds.labels), cut,
+                  [observation_key(r) for r in train_rows],
+                  [observation_key(r) for r in val_rows])  # fmt: skip
+
+
+def _check_tta_flip(tta_flip: bool, pooled: bool) -> None:
+    """The mirrored view's mean is taken on pooled features: a cache before them cannot."""
+    if tta_flip and not pooled:
+        raise UserError(
+            "model.tta_flip averages the pooled features of a photo and its mirror image, but "
+            "with finetune.enabled the features are cached before the trainable blocks, where "
+            "that mean cannot be taken: set model.tta_flip: false or finetune.enabled: false"
+        )
+
+
+def _empty(out_dir: Path) -> None:
+    """Rank 0 empties the cache directory (creating it); every rank waits for that."""
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob("*"):
+            old.unlink()
+    distributed.barrier()
 
 
 def pooled_views(model: SnakeNet, caches: Caches, device: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from snakeid.model.metrics import balanced_accuracy, macro_f1
+from snakeid.model.metrics import macro_f1, validation_scores
 from snakeid.model.models import SnakeNet
 from snakeid.model.probe import fit_probe, grouped_folds, out_of_fold_logits, stack_views
 from snakeid.train.config import TrainHeadConfig
-from snakeid.train.features import Caches, scratch_near
+from snakeid.train.features import Caches, pooled_views
 
 _logger = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def train_probe(
     `trunk_saw_train` (a trunk adapted on the train photos) never a train photo's.
 
     A cache taken before the last blocks (for finetune) is pooled through them first."""
-    middle = model.frozen_between(caches.cut, 0)
-    with scratch_near(caches.root) as tmp:
-        pooled = [c if middle is None else c.mapped(middle, tmp, c.path.stem, "cpu")
-                  for c in (caches.train, caches.val)]  # fmt: skip
-        train, val = (np.array(c.array) for c in pooled)  # (V, N, D), in memory
+    train, val = pooled_views(model, caches, "cpu")  # (V, N, D), in memory
     return _fit_probe_head(model, caches, cfg, train, val, balanced=balanced, seed=seed,
                            trunk_saw_train=trunk_saw_train)  # fmt: skip
 
@@ -111,9 +107,7 @@ def _fit_probe_head(
     metrics = {
         "method": "probe",
         "refit": cfg.refit,
-        "val_macro_f1": macro_f1(yv, pred, labels),
-        "val_accuracy": float((pred == yv).mean()),
-        "val_balanced_accuracy": balanced_accuracy(yv, pred, labels),
+        **validation_scores(yv, pred, labels),
         "val_loss": _log_loss(val_logits, yv),
         "train_loss": _log_loss(probe.logits(train[0]), yt),
         "n_train": len(yt) + (len(yv) if cfg.refit else 0),

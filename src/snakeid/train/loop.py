@@ -15,18 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from snakeid.config import BaseConfig
 from snakeid.data.dataset import DataConfig
 from snakeid.model.engine import feature_engine
-from snakeid.model.metrics import balanced_accuracy, macro_f1
+from snakeid.model.metrics import validation_scores
 from snakeid.model.models import SnakeNet
 from snakeid.model.runtime import resolve_device
 from snakeid.train import distributed
 from snakeid.train.config import FitSpec, LossConfig, check_imbalance_options, class_weights
 from snakeid.train.features import Caches, FeatureCache, scratch_near
 from snakeid.train.live import EpochLog
+from snakeid.utils import Progress
 
 _logger = logging.getLogger(__name__)
 
@@ -245,13 +245,7 @@ def _validate(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Val loss and scores of the tail as it is now, and its val logits."""
     val_loss, logits = predict_cached(tail, val, device=device, labels=val_labels)
-    pred = logits.argmax(1)
-    return {
-        "val_loss": val_loss,
-        "val_accuracy": float((pred == val_labels).mean()),
-        "val_macro_f1": macro_f1(val_labels, pred, labels),
-        "val_balanced_accuracy": balanced_accuracy(val_labels, pred, labels),
-    }, logits
+    return {"val_loss": val_loss, **validation_scores(val_labels, logits.argmax(1), labels)}, logits
 
 
 @torch.no_grad()
@@ -319,7 +313,9 @@ def train_tail(
     _, tail = model.split(unfreeze_blocks)
     params = model.trainable_parameters(unfreeze_blocks)
     freeze_all_but(model, params)
-    with _Progress(stage, fit.epochs, log) as progress, scratch_near(caches.root) as tmp:
+    progress = Progress(fit.epochs, f"{stage}: epochs", "epoch", show=distributed.is_main(),
+                        every_s=0)  # fmt: skip
+    with progress, scratch_near(caches.root) as tmp:
         train, val = caches.train, caches.val
         if middle is not None:
             train = train.mapped(middle, tmp, "train", device)
@@ -328,7 +324,7 @@ def train_tail(
             model, tail, model.param_groups(unfreeze_blocks, fit.lr, fit.layer_lr_decay),
             train=train, train_labels=caches.train_labels, val=val,
             val_labels=caches.val_labels, labels=np.unique(caches.val_labels), spec=fit,
-            device=device, on_epoch=progress,
+            device=device, on_epoch=_epoch_logger(progress, log),
         )  # fmt: skip
     model.load_state_dict(result.state_dict)
     model.to("cpu").eval()
@@ -340,23 +336,8 @@ def train_tail(
         result.best[f"val_{fit.select_metric}"],
         sum(r["seconds"] for r in result.history),
     )
-    # No timings in the report: `dvc repro --force` twice must give identical files.
-    metrics = {k: result.best[k] for k in REPORTED} | {
-        "best_epoch": result.best_epoch,
-        "epochs": fit.epochs,
-        "select_metric": fit.select_metric,
-        "n_train": len(caches.train_labels),
-        "n_val": len(caches.val_labels),
-        "views": caches.train.views,
-        "feature_engine": feature_engine(data.feature_engine, device),
-        "unfreeze_blocks": unfreeze_blocks,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "backbone": "+".join(model.backbones),
-        "image_size": model.input_size,
-        "device": device,
-        "processes": distributed.world_size(),
-        "batch_size": fit.batch_size,  # global: each process takes batch_size / processes
-    }
+    metrics = _stage_report(model, result, caches, fit, unfreeze_blocks, data=data, device=device,
+                            trainable=sum(p.numel() for p in params))  # fmt: skip
     return StageResult(model, result, metrics, caches.val_labels)
 
 
@@ -366,36 +347,44 @@ REPORTED = (
 )  # fmt: skip
 
 
-class _Progress:
-    """Per-epoch progress: DVCLive (`log`), a tqdm bar on a terminal, else a log line each."""
+def _stage_report(
+    model: SnakeNet,
+    result: FitResult,
+    caches: Caches,
+    fit: FitSpec,
+    unfreeze_blocks: int,
+    *,
+    data: DataConfig,
+    device: str,
+    trainable: int,
+) -> dict[str, Any]:
+    """A training stage's report: the best epoch's numbers and how they were made. No timings:
+    `dvc repro --force` twice must give identical files."""
+    return {k: result.best[k] for k in REPORTED} | {
+        "best_epoch": result.best_epoch,
+        "epochs": fit.epochs,
+        "select_metric": fit.select_metric,
+        "n_train": len(caches.train_labels),
+        "n_val": len(caches.val_labels),
+        "views": caches.train.views,
+        "feature_engine": feature_engine(data.feature_engine, device),
+        "unfreeze_blocks": unfreeze_blocks,
+        "trainable_parameters": trainable,
+        "backbone": "+".join(model.backbones),
+        "image_size": model.input_size,
+        "device": device,
+        "processes": distributed.world_size(),
+        "batch_size": fit.batch_size,  # global: each process takes batch_size / processes
+    }
 
-    def __init__(self, stage: str, epochs: int, log: EpochLog | None):
-        self.stage, self.epochs, self.log = stage, epochs, log
-        self.bar = tqdm(
-            total=epochs,
-            desc=f"{stage}: epochs",
-            unit="epoch",
-            disable=None if distributed.is_main() else True,
-        )
 
-    def __enter__(self) -> _Progress:
-        return self
+def _epoch_logger(progress: Progress, log: EpochLog | None) -> Callable[[dict[str, float]], None]:
+    """Each finished epoch to DVCLive (`log`) and to the progress bar or log line."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+    def on_epoch(row: dict[str, float]) -> None:
+        if log is not None:
+            log.epoch(row)
+        progress.update(loss=f"{row['train_loss']:.3f}", val_f1=f"{row['val_macro_f1']:.3f}",
+                        img_s=f"{row['images_per_s']:.0f}")  # fmt: skip
 
-    def __call__(self, row: dict[str, float]) -> None:
-        if self.log is not None:
-            self.log.epoch(row)
-        self.bar.update(1)
-        self.bar.set_postfix(
-            loss=f"{row['train_loss']:.3f}",
-            val_f1=f"{row['val_macro_f1']:.3f}",
-            img_s=f"{row['images_per_s']:.0f}",
-        )
-        if self.bar.disable and distributed.is_main():  # not a terminal: a log line each
-            _logger.info(
-                "%s: epoch %d/%d loss %.3f val macro-F1 %.3f %.0f img/s",
-                self.stage, row["epoch"], self.epochs, row["train_loss"], row["val_macro_f1"],
-                row["images_per_s"],
-            )  # fmt: skip
+    return on_epoch

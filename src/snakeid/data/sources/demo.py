@@ -790,7 +790,26 @@ def _ground(rng: np.random.Generator, side: int, grain: float) -> _Ground:
     p0, p1, p2 = palette[0], palette[1], palette[2 % len(palette)]
     canvas = np.where(n < 0, p1 + n * (p1 - p0), p1 + n * (p2 - p1))
     img = Image.fromarray(np.clip(canvas * 255, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
+    _draw_details(ImageDraw.Draw(img), rng, kind=kind, palette=palette, half=half, g=g)
+    img = img.resize((side, side), Image.Resampling.BICUBIC)
+    canvas = np.asarray(img, dtype=np.float32)
+    canvas *= 1 / 255
+    return _Ground(kind, palette, grain, canvas)
+
+
+def _draw_details(
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    *,
+    kind: str,
+    palette: tuple[np.ndarray, ...],
+    half: int,
+    g: float,
+) -> None:
+    """The ground's own shapes on the half-size image: grass blades, leaves, pebbles, cracks, tiles.
+
+    `half` is that image's side and `g` the texture scale at that size (`grain / 2`).
+    """
     area = half * half
     # Random numbers are drawn in blocks: one call per shape would dominate the run time.
     if kind == "grass":
@@ -829,10 +848,6 @@ def _ground(rng: np.random.Generator, side: int, grain: float) -> _Ground:
         for i in range(int(half / step) + 1):
             draw.line([(i * step, 0), (i * step, half)], fill=_rgb(palette[1] * 0.8), width=1)
             draw.line([(0, i * step), (half, i * step)], fill=_rgb(palette[1] * 0.8), width=1)
-    img = img.resize((side, side), Image.Resampling.BICUBIC)
-    canvas = np.asarray(img, dtype=np.float32)
-    canvas *= 1 / 255
-    return _Ground(kind, palette, grain, canvas)
 
 
 def _fractal(

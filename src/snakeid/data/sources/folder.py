@@ -93,40 +93,8 @@ def scan_folder(root: Path, species: list[Species]) -> FolderScan:
             f"({_names(others)}); put every species folder inside train/, val/ or test/, "
             "or use no split folders at all"
         )
-    parents = [(d.name.lower(), d) for d in splits] if splits else [("", root)]
-
-    index = index_by_name(species)
-    unknown: dict[str, list[str]] = {}
-    found: list[tuple[str, Species, Path]] = []
-    for split, parent in parents:
-        folders = top if parent == root else _visible(parent, root, skipped)
-        for d in folders:
-            sp = index.get(normalise_name(d.name))
-            if sp is None:
-                unknown.setdefault(d.name, []).append(f"{split}/" if split else "")
-            else:
-                found.append((split, sp, d))
-    if unknown:
-        names = ", ".join(
-            f"{name} (in {', '.join(where)})" if splits else name
-            for name, where in sorted(unknown.items())
-        )
-        raise UserError(
-            f"download.folder: {len(unknown)} folder name(s) under {root} are not in the species "
-            f"file: {names}. Known species: {', '.join(s.name for s in species)} "
-            "(spaces or underscores, any case)"
-        )
-
-    photos: list[FolderPhoto] = []
-    for split, sp, d in found:
-        for path in _walk(d, root, skipped):
-            ext = path.suffix.lower()
-            rel = path.relative_to(root).as_posix()
-            if ext not in IMAGE_EXTENSIONS:
-                skipped.append(Skipped(rel, f"not an image ({ext or 'no extension'})"))
-                continue
-            m = OBSERVATION_PATTERN.match(path.name)
-            photos.append(FolderPhoto(path, rel, sp.name, split, m.group(1) if m else None))
+    found = _species_folders(root, top, splits=splits, species=species, skipped=skipped)
+    photos = _photos_in(found, root=root, skipped=skipped)
     if not photos:
         raise UserError(
             f"download.folder: no images under {root} "
@@ -182,6 +150,61 @@ def import_folder(scan: FolderScan, out_dir: Path) -> list[dict[str, Any]]:
     for reason, n in sorted(Counter(s.reason for s in scan.skipped).items()):
         _logger.info("  skipped %d: %s", n, reason)
     return rows
+
+
+def _species_folders(
+    root: Path,
+    top: list[Path],
+    *,
+    splits: list[Path],
+    species: list[Species],
+    skipped: list[Skipped],
+) -> list[tuple[str, Species, Path]]:
+    """(split, species, folder) of every species folder, in order; every unknown name is an error.
+
+    `top` are the visible folders of `root`; with `splits`, the species folders are inside those.
+    """
+    parents = [(d.name.lower(), d) for d in splits] if splits else [("", root)]
+
+    index = index_by_name(species)
+    unknown: dict[str, list[str]] = {}
+    found: list[tuple[str, Species, Path]] = []
+    for split, parent in parents:
+        folders = top if parent == root else _visible(parent, root, skipped)
+        for d in folders:
+            sp = index.get(normalise_name(d.name))
+            if sp is None:
+                unknown.setdefault(d.name, []).append(f"{split}/" if split else "")
+            else:
+                found.append((split, sp, d))
+    if unknown:
+        names = ", ".join(
+            f"{name} (in {', '.join(where)})" if splits else name
+            for name, where in sorted(unknown.items())
+        )
+        raise UserError(
+            f"download.folder: {len(unknown)} folder name(s) under {root} are not in the species "
+            f"file: {names}. Known species: {', '.join(s.name for s in species)} "
+            "(spaces or underscores, any case)"
+        )
+    return found
+
+
+def _photos_in(
+    found: list[tuple[str, Species, Path]], *, root: Path, skipped: list[Skipped]
+) -> list[FolderPhoto]:
+    """The image files below each species folder; other files go to `skipped`."""
+    photos: list[FolderPhoto] = []
+    for split, sp, d in found:
+        for path in _walk(d, root, skipped):
+            ext = path.suffix.lower()
+            rel = path.relative_to(root).as_posix()
+            if ext not in IMAGE_EXTENSIONS:
+                skipped.append(Skipped(rel, f"not an image ({ext or 'no extension'})"))
+                continue
+            m = OBSERVATION_PATTERN.match(path.name)
+            photos.append(FolderPhoto(path, rel, sp.name, split, m.group(1) if m else None))
+    return photos
 
 
 def _visible(folder: Path, root: Path, skipped: list[Skipped]) -> list[Path]:

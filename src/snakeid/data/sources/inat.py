@@ -14,20 +14,18 @@ For each species of the species file, in order:
    renamed into place. Files already present and matching their record are skipped.
 
 Because the choice depends only on what is on the server, a run killed at any point and rerun
-ends with the same manifest as an uninterrupted one. HTTP, rate limit, retries and budgets are in
-`inat_client`.
+ends with the same manifest as an uninterrupted one. The choice (step 3) is in `inat_selection`;
+HTTP, retries and budgets in `inat_client`, its rate limit in `inat_pacing`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from PIL import Image
 from tqdm import tqdm
@@ -36,6 +34,7 @@ from snakeid.data.sources.common import image_dims, species_dir, species_slug
 from snakeid.data.sources.inat_attribution import write_attribution
 from snakeid.data.sources.inat_client import BadContent, InatSession, PhotoGone
 from snakeid.data.sources.inat_config import InatConfig
+from snakeid.data.sources.inat_selection import Pick, choose_photos
 from snakeid.data.sources.inat_state import SpeciesState
 from snakeid.data.sources.inat_taxa import ResolvedTaxon, resolve_taxa
 from snakeid.taxa import Species
@@ -46,21 +45,6 @@ _logger = logging.getLogger(__name__)
 PER_PAGE = 200  # the API's maximum
 STATE_DIR = ".inat_state"
 _STATE_VERSION = 1
-_SIZE_WORD = re.compile(r"/(square|thumb|small|medium|large|original)(\.[A-Za-z0-9]+)$")
-
-
-@dataclass(frozen=True)
-class _Pick:
-    """One chosen photo of one observation."""
-
-    obs: dict[str, Any]
-    photo: dict[str, Any]
-    url: str  # resized
-    path: Path
-
-    @property
-    def photo_id(self) -> int:
-        return int(self.photo["id"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,55 +246,7 @@ def _public_coordinates(o: dict[str, Any]) -> tuple[float | None, float | None]:
     return None, None
 
 
-def choose_photos(
-    observations: list[dict[str, Any]],
-    cfg: InatConfig,
-    folder: Path,
-    *,
-    skip: set[int],
-) -> tuple[list[_Pick], bool]:
-    """The photos to keep, in manifest order, and whether the species cap was reached.
-
-    A pure function of the observations seen and the caps, so a resumed run chooses exactly what
-    an uninterrupted one would have.
-    """
-    picks: list[_Pick] = []
-    seen = set(skip)
-    done_obs: set[int] = set()
-    for obs in sorted(observations, key=lambda o: o["id"]):
-        if obs["id"] in done_obs:
-            continue
-        done_obs.add(obs["id"])
-        n = 0
-        for photo in obs["photos"]:
-            if cfg.max_photos_per_observation is not None and n >= cfg.max_photos_per_observation:
-                break
-            if photo["id"] in seen:
-                continue  # the same photo in two observations: download it once
-            seen.add(photo["id"])
-            url = resize_url(photo["url"], cfg.photo_size)
-            picks.append(_Pick(obs, photo, url, folder / f"{photo['id']}{_extension(url)}"))
-            n += 1
-            if cfg.max_photos_per_species is not None and len(picks) >= cfg.max_photos_per_species:
-                return picks, True
-    return picks, False
-
-
-def resize_url(url: str, size: str) -> str:
-    """`.../photos/1/square.jpg?123` -> `.../photos/1/medium.jpg?123` (extension kept)."""
-    parts = urlsplit(url)
-    path, n = _SIZE_WORD.subn(lambda m: f"/{size}{m.group(2)}", parts.path)
-    if not n:
-        _logger.warning("photo URL %s has no size word; downloading it as is", url)
-    return urlunsplit(parts._replace(path=path))
-
-
-def _extension(url: str) -> str:
-    suffix = Path(urlsplit(url).path).suffix.lower()
-    return suffix if re.fullmatch(r"\.[a-z0-9]{2,5}", suffix) else ".jpg"
-
-
-def _is_complete(pick: _Pick, files: dict[int, dict[str, Any]]) -> bool:
+def _is_complete(pick: Pick, files: dict[int, dict[str, Any]]) -> bool:
     """Present, from the same URL, and byte for byte what was recorded when it was fetched."""
     rec = files.get(pick.photo_id)
     if rec is None or "gone" in rec or rec.get("url") != pick.url:
@@ -323,7 +259,7 @@ def _is_complete(pick: _Pick, files: dict[int, dict[str, Any]]) -> bool:
     return sha256_file(pick.path) == rec["sha256"]
 
 
-def _fetch_photo(http: InatSession, pick: _Pick, state: SpeciesState) -> int:
+def _fetch_photo(http: InatSession, pick: Pick, state: SpeciesState) -> int:
     """Download one photo: `.part` file, length and decode checks, record, then rename."""
     pick.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pick.path.with_name(pick.path.name + ".part")
@@ -392,7 +328,7 @@ def _prune_other_species(images: Path, species: list[Species]) -> None:
 # Outputs
 
 
-def _manifest_row(sp: Species, pick: _Pick, rec: dict[str, Any]) -> dict[str, Any]:
+def _manifest_row(sp: Species, pick: Pick, rec: dict[str, Any]) -> dict[str, Any]:
     obs = pick.obs
     return {
         "photo_id": str(pick.photo_id),

@@ -3,7 +3,7 @@
 Everything goes through `InatSession`, so API requests and image requests share one rate limiter,
 one retry policy and one set of budgets:
 
-- `RateLimiter` spaces requests at least `1 / max_rps` seconds apart (no bursts);
+- `RateLimiter` (in `inat_pacing`) spaces requests at least `1 / max_rps` seconds apart (no bursts);
 - 429, 5xx, timeouts, connection errors and bodies cut short are retried with exponential backoff
   and jitter (`Retry-After` is honoured when the server sends one; iNaturalist rarely does);
 - `Budget` counts requests per UTC day and photo bytes per UTC hour in a JSON file, so a rerun in
@@ -31,6 +31,7 @@ import urllib3
 
 from snakeid import __version__
 from snakeid.data.sources.inat_config import InatConfig
+from snakeid.data.sources.inat_pacing import RateLimiter
 from snakeid.errors import UserError
 
 _logger = logging.getLogger(__name__)
@@ -82,37 +83,6 @@ def user_agent(contact: str | None) -> str:
     if contact:
         about += f"; contact: {contact}"
     return f"snakeid/{__version__} ({about}) python-requests/{requests.__version__}"
-
-
-class RateLimiter:
-    """At most `rate` requests per second: each grant comes at least `1 / rate` after the last.
-
-    A minimum interval rather than a token bucket on purpose: iNaturalist asks for an even pace,
-    not bursts. `clock` must be monotonic; `sleep` advances it.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next: float | None = None
-
-    def wait(self) -> float:
-        """Block until the next request may go; returns the time it was granted."""
-        now = self._clock()
-        if self._next is not None and now < self._next:
-            self._sleep(self._next - now)
-            now = max(self._clock(), self._next)
-        self._next = now + self.interval
-        return now
 
 
 class Budget:
