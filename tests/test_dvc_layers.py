@@ -26,6 +26,7 @@ def test_editing_the_service_cli_and_predict_changes_no_stage(tmp_path_factory, 
         "src/snakeid/deploy/serve.py",
         "src/snakeid/deploy/cli.py",
         "src/snakeid/deploy/predict.py",
+        "src/snakeid/deploy/predict_output.py",  # predict's presentation: tables, CSV, JSON
     ):
         _edit(root, rel)
     assert _changed_stages(root) == set()

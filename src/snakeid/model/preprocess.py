@@ -4,7 +4,8 @@ Serving must not need torch, so it cannot call `snakeid.data.dataset.eval_transf
 exporter writes that transform as data (`snakeid.data.dataset.eval_preprocess_spec`) and this module
 replays it step by step exactly as torchvision v2 does on a PIL image: the same output-size
 arithmetic, the same Pillow resize call, the same crop anchor, and float32 arithmetic in the
-same order. tests/test_preprocess.py checks the two agree on real photos (max abs diff <= 1e-6).
+same order. tests/model/test_preprocess.py checks the two agree on real photos (max abs diff
+<= 1e-6).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from snakeid.data.sources.demo import (
 )
 from snakeid.taxa import Species, load_species
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

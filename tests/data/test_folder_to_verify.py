@@ -15,7 +15,7 @@ from PIL import Image
 
 from snakeid.data.manifest import read_manifest
 
-STAGES = Path(__file__).resolve().parents[1] / "stages"
+STAGES = Path(__file__).resolve().parents[2] / "stages"
 
 
 def _photo(seed: int, size=(320, 240)) -> Image.Image:

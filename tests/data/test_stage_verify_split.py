@@ -15,7 +15,7 @@ from PIL import Image
 
 from snakeid.data.manifest import CLEAN_COLUMNS, MANIFEST_COLUMNS, SPLITS
 
-STAGES = Path(__file__).resolve().parents[1] / "stages"
+STAGES = Path(__file__).resolve().parents[2] / "stages"
 SPECIES = [
     {"name": "Naja kaouthia", "common": "Monocled Cobra", "venomous": True},
     {"name": "Bungarus fasciatus", "common": "Banded Krait", "venomous": True},

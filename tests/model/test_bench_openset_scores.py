@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from snakeid.model.openset import size_mb
 from test_openset import _clusters, _logits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from snakeid.model.openset import size_mb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from _openset_scores import Energy, Mahalanobis, fit_precision  # noqa: E402
 
 FITS = {

@@ -12,7 +12,7 @@ import yaml
 import snakeid.data.sources as sources
 from snakeid.data.manifest import read_manifest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "stages" / "download.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "stages" / "download.py"
 TINY_DEMO = {
     "observations_rare": 3,
     "observations_common": 4,

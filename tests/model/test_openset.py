@@ -21,7 +21,7 @@ from snakeid.model.openset import (
     size_mb,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _clusters(seed: int = 0, classes: int = 4, per_class: int = 30, dim: int = 16):
