@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,45 @@ def _experiments(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
+STALL_S = 60  # queued experiments and none running this long: the workers stopped early
+RESTARTS = 3
+
+
 def _wait_for_queue(project: Path, timeout_s: float) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    """Poll `dvc queue status` until nothing is queued or running; return the last status.
+
+    DVC's queue can stop its workers with experiments still queued (treeverse/dvc#10562); the
+    README tells users to run `dvc queue start` again, and so does this, at most RESTARTS
+    times. A timeout shows the celery workers' own logs, where a worker says why it stopped.
+    """
     deadline = time.monotonic() + timeout_s
+    stalled_since, restarts = None, 0
     while True:
         status = run(["dvc", "queue", "status"], project).stdout
         tasks = [line.split() for line in status.splitlines()[1:] if line.strip()]
         busy = [t for t in tasks if {"Queued", "Running"} & set(t)]
         if not busy:
             return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue not done after {timeout_s}s:\n{status}")
+        now = time.monotonic()
+        if any("Running" in t for t in busy):
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = now
+        elif now - stalled_since > STALL_S and restarts < RESTARTS:
+            run(["dvc", "queue", "start"], project)
+            stalled_since, restarts = None, restarts + 1
+            warnings.warn(
+                f"dvc queue stalled with experiments queued: restart {restarts}\n{status}",
+                stacklevel=2,
+            )
+        if now > deadline:
+            logs = "\n".join(
+                f"--- {f.name}:\n{f.read_text()[-3000:]}"
+                for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out"))
+            )
+            raise AssertionError(
+                f"queue not done after {timeout_s}s ({restarts} restarts):\n{status}\n{logs}"
+            )
         time.sleep(5)
 
 
