@@ -44,6 +44,7 @@ from snakeid.stage import stage_inputs  # noqa: E402
 from snakeid.taxa import label_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+NEAR_TIE = 0.02  # FP32's top-1 − top-2 probability below this: a photo a tiny change can flip
 
 
 # name → QuantizeConfig overrides of the project's defaults. The histogram methods (entropy,
@@ -116,7 +117,9 @@ def measure(root: Path, recipes: dict[str, dict[str, Any]], latency: bool) -> di
     y = np.array([index[r["taxon"]] for r in test])
     batches = eval_batches(test, species, size)
     reference = run_probs(ort_session(fp32), batches)[0]
-    out: dict[str, Any] = {"n_test": len(test)}
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # FP32's top-1 minus top-2 probability, per photo
+    out: dict[str, Any] = {"n_test": len(test), "near_ties": int((margin < NEAR_TIE).sum())}
     for name, overrides in recipes.items():
         cfg = dataclasses.replace(base_cfg, **overrides)
         calib = calibration_rows(train, cfg, inputs.base.seed)
@@ -137,13 +140,28 @@ def measure(root: Path, recipes: dict[str, dict[str, Any]], latency: bool) -> di
                 # finer than flips: KL(FP32 || INT8) of the class probabilities, mean per photo
                 "kl": float(np.mean(np.sum(reference * np.log(reference / probs), axis=1))),
                 "quantize_s": q_s,
-            }
+            } | _flips(reference, probs, y, margin)
             if latency:  # every core, then one thread (as a phone app or a busy server)
                 row |= batch1_ratio(fp32, int8, size, threads=0)
                 row |= {f"{k}_t1": v for k, v in batch1_ratio(fp32, int8, size, 1).items()}
         out[name] = row
         print(f"  {name}: {json.dumps(row)}", flush=True)
     return out
+
+
+def _flips(
+    reference: np.ndarray, probs: np.ndarray, y: np.ndarray, margin: np.ndarray
+) -> dict[str, Any]:
+    """The photos whose top-1 INT8 changed: how many FP32 had right and INT8 wrong (lost) or the
+    reverse (gained), and FP32's top-1 − top-2 margin on each: a flip of a near tie is one any
+    perturbation of the floats can cause, another CPU kind's included."""
+    fp32_top, int8_top = reference.argmax(1), probs.argmax(1)
+    flipped = np.flatnonzero(fp32_top != int8_top)
+    return {
+        "lost": int(((fp32_top == y) & (int8_top != y)).sum()),
+        "gained": int(((fp32_top != y) & (int8_top == y)).sum()),
+        "flip_margins": sorted(round(float(margin[i]), 4) for i in flipped),
+    }
 
 
 def batch1_ratio(
@@ -197,6 +215,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {a['mean']:.4f} ± {a['sd']:.4f} ({a['min']:.4f}) | "
             f"{d['mean']:+.4f} ± {d['sd']:.4f} | {s['kl']['mean']:.4f} | {' | '.join(ratios)} |"
         )
+    lines += [
+        "",
+        f"Photos whose top-1 changed, per seed: count (FP32 right → INT8 wrong / the reverse) and "
+        f"FP32's top-1 − top-2 probability on each; near ties (margin < {NEAR_TIE}) among the "
+        "seed's test photos: "
+        + ", ".join(f"{result['per_seed'][str(s)]['near_ties']}" for s in result["seeds"]),
+        "",
+        "| recipe | " + " | ".join(f"seed {s}" for s in result["seeds"]) + " |",
+        "|---|" + "---|" * len(result["seeds"]),
+    ]
+    for name in result["summary"]:
+        cells = []
+        for s in result["seeds"]:
+            row = result["per_seed"][str(s)][name]
+            margins = ", ".join(f"{m:.3f}" for m in row["flip_margins"])
+            n = len(row["flip_margins"])
+            cells.append(f"{n} (−{row['lost']}/+{row['gained']}): {margins}" if n else "0")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
