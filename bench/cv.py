@@ -347,7 +347,8 @@ def plan(args: argparse.Namespace) -> list[str]:
               # the slowest last: a trunk trained end to end per fold
               "lite0+lite1+lite2/probe_views_adapt_lite0",
               "lite0+lite1+lite2/probe_views_adapt_lite0_vw5",
-              "lite0+lite1+lite2/probe_views_adapt_lite1"]  # fmt: skip
+              "lite0+lite1+lite2/probe_views_adapt_lite1",
+              "lite0+lite1+lite2/probe_views_adapt_lite0+lite1"]  # fmt: skip
     return [n for n in names if not args.only or n in args.only]
 
 
